@@ -117,7 +117,7 @@ impl TensorInfo {
     /// `(rows, cols)` when the tensor is viewed as a matrix of rows of `dims[0]` elements.
     pub fn as_matrix(&self) -> (usize, usize) {
         let cols = self.dims.first().copied().unwrap_or(1);
-        let rows = if cols == 0 { 0 } else { self.n_elements / cols };
+        let rows = self.n_elements.checked_div(cols).unwrap_or(0);
         (rows as usize, cols as usize)
     }
 }

@@ -263,11 +263,9 @@ pub(crate) fn parse_header(bytes: &[u8], limits: Limits) -> Result<Header> {
         .checked_next_multiple_of(alignment)
         .ok_or_else(|| c.malformed("data offset overflows"))?;
     let file_len = bytes.len() as u64;
-    let data_len = file_len.checked_sub(data_offset).unwrap_or_else(|| {
-        // A header-only file (no tensors) may end before the padding; that is fine only if
-        // nothing needs the data section, which the per-tensor check below enforces.
-        0
-    });
+    // A header-only file may end before the padding; that is fine only if no tensor needs the
+    // data section, which the per-tensor check below enforces.
+    let data_len = file_len.saturating_sub(data_offset);
     for t in &tensors {
         if t.offset % alignment != 0 {
             return Err(GgufError::BadTensor {
@@ -352,11 +350,7 @@ fn tensor_info(c: &mut Cursor) -> Result<TensorInfo> {
                 dtype.block_len()
             ))
         })?;
-    let n_rows = if row_len == 0 {
-        0
-    } else {
-        n_elements / row_len
-    };
+    let n_rows = n_elements.checked_div(row_len).unwrap_or(0);
     let n_bytes = (row_bytes as u64)
         .checked_mul(n_rows)
         .ok_or_else(|| bad(format!("byte size of shape {dims:?} overflows")))?;

@@ -1,0 +1,359 @@
+//! `autoglm`: the command line. Wiring only — parsing arguments, resolving models through the
+//! hub, and printing what the library crates return. Exit status: 0 success, 1 failure, 2 usage.
+
+mod model_cmd;
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use autoglm_engine::{BenchConfig, Engine, EngineConfig, FinishReason, SamplingParams};
+use autoglm_hub::{DEFAULT_MODEL, Hub};
+use autoglm_tokenizer::ChatMessage;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "autoglm",
+    version,
+    about = "Open-AutoGLM: an autonomous-agent runtime with its own embedded LLM engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the token ids of TEXT as a JSON array (no BOS added).
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Recognise special-token text such as <|im_start|> as special tokens.
+        #[arg(long)]
+        special: bool,
+        text: String,
+    },
+    /// Generate a completion and stream it to stdout.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Use PROMPT as it stands instead of rendering it as a user message with the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// Print timing figures to stderr at the end.
+        #[arg(long)]
+        verbose: bool,
+        prompt: String,
+    },
+    /// Talk with the model interactively.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// A system prompt for the conversation.
+        #[arg(long)]
+        system: Option<String>,
+    },
+    /// Measure prompt-processing and generation speed (like llama-bench's pp/tg).
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens for the pp test.
+        #[arg(short = 'p', long = "prompt-tokens", default_value_t = 512)]
+        pp: usize,
+        /// Generated tokens for the tg test.
+        #[arg(short = 'n', long = "gen-tokens", default_value_t = 128)]
+        tg: usize,
+        /// Also measure B sequences decoding together (aggregate tokens/s).
+        #[arg(long, default_value_t = 0)]
+        batch: usize,
+        /// Repetitions (the median is reported).
+        #[arg(short = 'r', long, default_value_t = 5)]
+        reps: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage models: list, pull, rm, info.
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A catalogue name (smollm2-135m, gemma3-270m), a path to a .gguf file, or hf:OWNER/REPO/FILE.gguf.
+    #[arg(long, short = 'm', default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    top_p: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ..SamplingParams::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tokenize {
+            model,
+            special,
+            text,
+        } => {
+            let path = resolve(&model.model)?;
+            let file = autoglm_gguf::GgufFile::open(&path)?;
+            let tok = autoglm_tokenizer::Tokenizer::from_gguf(&file)?;
+            println!("{}", serde_json::to_string(&tok.encode(&text, special))?);
+            Ok(())
+        }
+        Command::Generate {
+            model,
+            sampling,
+            raw,
+            verbose,
+            prompt,
+        } => {
+            let params = sampling.params();
+            params.validate()?;
+            let mut engine = load_engine(&model)?;
+            let ids = if raw || engine.chat_template().is_none() {
+                if !raw {
+                    eprintln!(
+                        "note: this model has no chat template; using the prompt as raw text"
+                    );
+                }
+                engine.raw_prompt(&prompt)
+            } else {
+                engine.chat_prompt(&[ChatMessage::user(prompt)])?
+            };
+            let mut stdout = std::io::stdout().lock();
+            let g = engine.generate(&ids, &params, &mut |t| {
+                // A closed pipe (e.g. `| head`) ends generation quietly.
+                stdout
+                    .write_all(t.as_bytes())
+                    .and_then(|_| stdout.flush())
+                    .is_ok()
+            })?;
+            let _ = writeln!(stdout);
+            if verbose {
+                report(&g);
+            }
+            Ok(())
+        }
+        Command::Chat {
+            model,
+            sampling,
+            system,
+        } => chat(&model, &sampling, system),
+        Command::Bench {
+            model,
+            pp,
+            tg,
+            batch,
+            reps,
+            json,
+        } => {
+            let mut engine = load_engine_with(&model, batch.max(1) * (pp.max(tg) + 16))?;
+            let cfg = BenchConfig {
+                pp_tokens: pp,
+                tg_tokens: tg,
+                batch,
+                repetitions: reps,
+            };
+            let r = engine.bench(&cfg, &mut |line| eprintln!("{line}"))?;
+            if json {
+                let obj = serde_json::json!({
+                    "model": model.model,
+                    "threads": engine.threads(),
+                    "pp_tokens": pp,
+                    "pp_tok_s": r.pp_tok_s.map(round1),
+                    "tg_tokens": tg,
+                    "tg_tok_s": r.tg_tok_s.map(round1),
+                    "batch": batch,
+                    "batch_tg_tok_s": r.batch_tg_tok_s.map(round1),
+                });
+                println!("{obj}");
+            } else {
+                println!("| model | threads | test | tokens/s |");
+                println!("| --- | --- | --- | --- |");
+                let t = engine.threads();
+                if let Some(v) = r.pp_tok_s {
+                    println!("| {} | {t} | pp{pp} | {v:.1} |", model.model);
+                }
+                if let Some(v) = r.tg_tok_s {
+                    println!("| {} | {t} | tg{tg} | {v:.1} |", model.model);
+                }
+                if let Some(v) = r.batch_tg_tok_s {
+                    println!(
+                        "| {} | {t} | {batch} x tg{tg} (aggregate) | {v:.1} |",
+                        model.model
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Model { command } => model_cmd::run(command),
+    }
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn hub() -> Result<Hub> {
+    Hub::from_env().context("locating the model cache")
+}
+
+/// Local path of a model, pulling it on first use with progress on stderr.
+fn resolve(spec: &str) -> Result<std::path::PathBuf> {
+    let hub = hub()?;
+    let path = hub
+        .resolve(spec, &mut |line| eprintln!("{line}"))
+        .with_context(|| format!("getting model '{spec}'"))?;
+    Ok(path)
+}
+
+fn load_engine(model: &ModelArgs) -> Result<Engine> {
+    load_engine_with(model, 8192)
+}
+
+fn load_engine_with(model: &ModelArgs, kv_tokens: usize) -> Result<Engine> {
+    let path = resolve(&model.model)?;
+    let mut cfg = EngineConfig {
+        kv_tokens,
+        ..EngineConfig::default()
+    };
+    if let Some(t) = model.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        cfg.threads = t;
+    }
+    Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
+}
+
+fn report(g: &autoglm_engine::Generation) {
+    let pp = g.prompt_tokens as f64 / g.prefill_time.as_secs_f64().max(1e-9);
+    let n = g.tokens.len();
+    let tg = n.saturating_sub(1) as f64 / g.decode_time.as_secs_f64().max(1e-9);
+    eprintln!(
+        "[{} prompt tokens at {pp:.1} tok/s, {n} generated at {tg:.1} tok/s, finish: {:?}]",
+        g.prompt_tokens, g.finish
+    );
+}
+
+fn chat(model: &ModelArgs, sampling: &SamplingArgs, system: Option<String>) -> Result<()> {
+    let params = sampling.params();
+    params.validate()?;
+    let mut engine = load_engine(model)?;
+    if engine.chat_template().is_none() {
+        bail!(
+            "model '{}' has no chat template, so it cannot chat; try `autoglm generate --raw`",
+            model.model
+        );
+    }
+    let mut history: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    eprintln!(
+        "chatting with {} — empty line or Ctrl-D to quit, /reset to start over",
+        model.model
+    );
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            break;
+        }
+        if line == "/reset" {
+            history.retain(|m| m.role == "system");
+            continue;
+        }
+        history.push(ChatMessage::user(line));
+        let ids = engine.chat_prompt(&history)?;
+        let g = engine.generate(&ids, &params, &mut |t| {
+            let _ = stdout.write_all(t.as_bytes());
+            let _ = stdout.flush();
+            true
+        })?;
+        println!();
+        if g.finish == FinishReason::Length {
+            eprintln!("[reply cut at {} tokens]", g.tokens.len());
+        }
+        history.push(ChatMessage::assistant(g.text));
+    }
+    Ok(())
+}
