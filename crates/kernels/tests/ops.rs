@@ -185,5 +185,12 @@ fn f16_dot_and_mad() {
             let e = f32_to_f16(f16_to_f32(a[i]).mul_add(0.37, f16_to_f32(b[i])));
             assert_eq!(y[i], e, "n={n} i={i}");
         }
+        // f32 accumulator plus an f16 row: one FMA per element, exact whatever the width.
+        let acc = rng.vec(n, 1.0);
+        let mut y = acc.clone();
+        ops::axpy_f16(&mut y, -0.61, &a);
+        for i in 0..n {
+            assert_eq!(y[i], f16_to_f32(a[i]).mul_add(-0.61, acc[i]), "n={n} i={i}");
+        }
     }
 }

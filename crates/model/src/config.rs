@@ -95,6 +95,8 @@ impl ModelConfig {
         2 * 2 * self.kv_dim() * self.n_layers
     }
 
+    /// Reads the hyper-parameters every architecture shares into a llama-style baseline, then
+    /// lets the architecture's own module (`arch/`) adjust what differs.
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ModelError> {
         let arch_name = file.architecture()?;
         let arch = match arch_name {
@@ -104,30 +106,34 @@ impl ModelConfig {
                 return Err(ModelError::UnsupportedArchitecture(other.to_string()));
             }
         };
-        let key = |k: &str| format!("{arch_name}.{k}");
-        let usize_key = |k: &str| -> Result<usize, ModelError> {
-            let v = file.get_u64(&key(k))?;
-            usize::try_from(v)
-                .map_err(|_| ModelError::BadConfig(format!("{} = {v} is too large", key(k))))
+        let meta = Meta {
+            file,
+            prefix: arch_name,
         };
-        let usize_opt = |k: &str| -> Result<Option<usize>, ModelError> {
-            Ok(file
-                .get_u64_opt(&key(k))?
-                .and_then(|v| usize::try_from(v).ok()))
+        let base = Self::baseline(arch, &meta)?;
+        let cfg = match arch {
+            Arch::Llama => crate::arch::llama::config(base, &meta)?,
+            Arch::Gemma3 => crate::arch::gemma3::config(base, &meta)?,
         };
+        if cfg.n_layers == 0 || cfg.n_embd == 0 || cfg.n_ff == 0 || cfg.head_dim == 0 {
+            return Err(ModelError::BadConfig("zero-sized model dimension".into()));
+        }
+        Ok(cfg)
+    }
 
-        let n_layers = usize_key("block_count")?;
-        let n_embd = usize_key("embedding_length")?;
-        let n_ff = usize_key("feed_forward_length")?;
-        let n_head = usize_key("attention.head_count")?;
-        let n_head_kv = usize_opt("attention.head_count_kv")?.unwrap_or(n_head);
-        let context_length = usize_key("context_length")?;
+    fn baseline(arch: Arch, meta: &Meta) -> Result<ModelConfig, ModelError> {
+        let n_layers = meta.usize("block_count")?;
+        let n_embd = meta.usize("embedding_length")?;
+        let n_ff = meta.usize("feed_forward_length")?;
+        let n_head = meta.usize("attention.head_count")?;
+        let n_head_kv = meta.usize_opt("attention.head_count_kv")?.unwrap_or(n_head);
+        let context_length = meta.usize("context_length")?;
         if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(ModelError::BadConfig(format!(
                 "head_count {n_head} must be a positive multiple of head_count_kv {n_head_kv}"
             )));
         }
-        let head_dim = match usize_opt("attention.key_length")? {
+        let head_dim = match meta.usize_opt("attention.key_length")? {
             Some(d) => d,
             None => {
                 if n_embd % n_head != 0 {
@@ -138,27 +144,22 @@ impl ModelConfig {
                 n_embd / n_head
             }
         };
-        if let Some(vd) = usize_opt("attention.value_length")?
+        if let Some(vd) = meta.usize_opt("attention.value_length")?
             && vd != head_dim
         {
             return Err(ModelError::BadConfig(format!(
                 "value_length {vd} differs from key_length {head_dim}: not supported"
             )));
         }
-        let rope_dims = usize_opt("rope.dimension_count")?.unwrap_or(head_dim);
+        let rope_dims = meta.usize_opt("rope.dimension_count")?.unwrap_or(head_dim);
         if rope_dims > head_dim || rope_dims % 2 != 0 {
             return Err(ModelError::BadConfig(format!(
                 "rope.dimension_count {rope_dims} must be even and at most the head size {head_dim}"
             )));
         }
-        let rms_eps = file
-            .get_f32_opt(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-5);
-        let rope_freq_base = file
-            .get_f32_opt(&key("rope.freq_base"))?
-            .unwrap_or(10_000.0);
-        if file
-            .get(&key("rope.scaling.type"))
+        if meta
+            .file
+            .get(&meta.key("rope.scaling.type"))
             .is_some_and(|v| v.as_str().is_some_and(|s| s != "none"))
         {
             return Err(ModelError::BadConfig(
@@ -166,82 +167,67 @@ impl ModelConfig {
             ));
         }
         // The vocabulary size is the embedding matrix's row count; the metadata key is optional.
-        let vocab_size = match file.tensor("token_embd.weight") {
+        let vocab_size = match meta.file.tensor("token_embd.weight") {
             Some(t) => t.as_matrix().0,
             None => return Err(ModelError::MissingTensor("token_embd.weight".into())),
         };
-        let final_logit_softcap = file
-            .get_f32_opt(&key("final_logit_softcapping"))?
-            .filter(|&c| c > 0.0);
+        let rope_freq_base = meta.f32_opt("rope.freq_base")?.unwrap_or(10_000.0);
+        Ok(ModelConfig {
+            arch,
+            n_layers,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            vocab_size,
+            context_length,
+            rms_eps: meta
+                .f32_opt("attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-5),
+            rope_style: RopeStyle::Interleaved,
+            rope_dims,
+            rope_freq_base,
+            rope_freq_base_swa: rope_freq_base,
+            sliding_window: None,
+            swa_pattern: 0,
+            embed_scale: 1.0,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            activation: Activation::SiluGlu,
+            qk_norm: false,
+            post_norms: false,
+            final_logit_softcap: meta
+                .f32_opt("final_logit_softcapping")?
+                .filter(|&c| c > 0.0),
+        })
+    }
+}
 
-        let cfg = match arch {
-            Arch::Llama => ModelConfig {
-                arch,
-                n_layers,
-                n_embd,
-                n_ff,
-                n_head,
-                n_head_kv,
-                head_dim,
-                vocab_size,
-                context_length,
-                rms_eps,
-                rope_style: RopeStyle::Interleaved,
-                rope_dims,
-                rope_freq_base,
-                rope_freq_base_swa: rope_freq_base,
-                sliding_window: None,
-                swa_pattern: 0,
-                embed_scale: 1.0,
-                attn_scale: 1.0 / (head_dim as f32).sqrt(),
-                activation: Activation::SiluGlu,
-                qk_norm: false,
-                post_norms: false,
-                final_logit_softcap,
-            },
-            Arch::Gemma3 => {
-                let sliding_window = usize_opt("attention.sliding_window")?.filter(|&w| w > 0);
-                ModelConfig {
-                    arch,
-                    n_layers,
-                    n_embd,
-                    n_ff,
-                    n_head,
-                    n_head_kv,
-                    head_dim,
-                    vocab_size,
-                    context_length,
-                    rms_eps,
-                    rope_style: RopeStyle::Halves,
-                    rope_dims,
-                    rope_freq_base,
-                    // llama.cpp hard-codes these for Gemma 3's local layers.
-                    rope_freq_base_swa: 10_000.0,
-                    swa_pattern: if sliding_window.is_some() { 6 } else { 0 },
-                    sliding_window,
-                    embed_scale: (n_embd as f32).sqrt(),
-                    // Gemma 3 scales queries by 1/sqrt(query_pre_attn_scalar); llama.cpp takes that
-                    // as the head size for every size but 27B (n_layers 62), where it is n_embd/n_head.
-                    attn_scale: if n_layers == 62 {
-                        1.0 / ((n_embd / n_head) as f32).sqrt()
-                    } else {
-                        1.0 / (head_dim as f32).sqrt()
-                    },
-                    activation: Activation::GeluGlu,
-                    qk_norm: true,
-                    post_norms: true,
-                    // Only Gemma 3 variants without sliding windows cap their logits.
-                    final_logit_softcap: if sliding_window.is_some() {
-                        None
-                    } else {
-                        final_logit_softcap
-                    },
-                }
-            }
-        };
-        if cfg.n_layers == 0 || cfg.n_embd == 0 || cfg.n_ff == 0 || cfg.head_dim == 0 {
-            return Err(ModelError::BadConfig("zero-sized model dimension".into()));
-        }
-        Ok(cfg)
+/// Typed access to the `<arch>.*` metadata keys.
+pub(crate) struct Meta<'a> {
+    pub file: &'a GgufFile,
+    pub prefix: &'a str,
+}
+
+impl Meta<'_> {
+    pub fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.prefix)
+    }
+
+    pub fn usize(&self, k: &str) -> Result<usize, ModelError> {
+        let key = self.key(k);
+        let v = self.file.get_u64(&key)?;
+        usize::try_from(v).map_err(|_| ModelError::BadConfig(format!("{key} = {v} is too large")))
+    }
+
+    pub fn usize_opt(&self, k: &str) -> Result<Option<usize>, ModelError> {
+        Ok(self
+            .file
+            .get_u64_opt(&self.key(k))?
+            .and_then(|v| usize::try_from(v).ok()))
+    }
+
+    pub fn f32_opt(&self, k: &str) -> Result<Option<f32>, ModelError> {
+        Ok(self.file.get_f32_opt(&self.key(k))?)
     }
 }

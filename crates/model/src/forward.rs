@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use autoglm_kernels::f16::{f16_to_f32, f32_to_f16};
+use autoglm_kernels::f16::f32_to_f16;
 use autoglm_kernels::{MatmulScratch, ThreadPool, matmul, ops};
 
 use crate::weights::Mat;
@@ -54,7 +54,7 @@ pub struct ForwardScratch {
     rope_global: Vec<Vec<(f32, f32)>>,
     rope_local: Vec<Vec<(f32, f32)>>,
     /// Per thread: attention scores and the f16-rounded query.
-    att_scratch: Vec<Mutex<(Vec<f32>, Vec<f32>)>>,
+    att_scratch: Vec<Mutex<(Vec<f32>, Vec<u16>)>>,
     matmul: MatmulScratch,
 }
 
@@ -300,7 +300,7 @@ fn attention(
     tok_pos: &[(usize, usize)],
     q: &[f32],
     att: &mut [f32],
-    scratch: &[Mutex<(Vec<f32>, Vec<f32>)>],
+    scratch: &[Mutex<(Vec<f32>, Vec<u16>)>],
     n_head: usize,
     n_head_kv: usize,
     hd: usize,
@@ -333,18 +333,15 @@ fn attention(
             qh16.extend(
                 q[ti * n_head * hd + h * hd..][..hd]
                     .iter()
-                    .map(|&x| f16_to_f32(f32_to_f16(x))),
+                    .map(|&x| f32_to_f16(x)),
             );
             // Sliding-window layers see the last `w` positions, the current one included.
             let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for p in lo..=pos {
-                let s = kv_slot(kv, table, p) + g * hd;
-                let mut dot = 0.0f32;
-                for (a, &b) in qh16.iter().zip(&kc[s..s + hd]) {
-                    dot += a * f16_to_f32(b);
-                }
+                let s = kv.slot(table, p) + g * hd;
+                let dot = ops::dot_f16(qh16, &kc[s..s + hd]);
                 max = max.max(dot);
                 scores.push(dot);
             }
@@ -356,17 +353,9 @@ fn attention(
             let inv = 1.0 / sum;
             out_h.fill(0.0);
             for (i, p) in (lo..=pos).enumerate() {
-                let s = kv_slot(kv, table, p) + g * hd;
-                let wgt = scores[i] * inv;
-                for (o, &b) in out_h.iter_mut().zip(&vc[s..s + hd]) {
-                    *o += wgt * f16_to_f32(b);
-                }
+                let s = kv.slot(table, p) + g * hd;
+                ops::axpy_f16(out_h, scores[i] * inv, &vc[s..s + hd]);
             }
         }
     });
-}
-
-#[inline]
-fn kv_slot(kv: &KvCache, table: &[u32], pos: usize) -> usize {
-    kv.slot(table, pos)
 }

@@ -11,6 +11,7 @@
 //! pairing, the activation, the sliding window. Adding a llama-like architecture means teaching
 //! [`ModelConfig::from_gguf`] its metadata and, if it has new tensors, [`weights`] their names.
 
+mod arch;
 mod config;
 mod forward;
 mod kv;

@@ -2,34 +2,13 @@
 //! outputs (`shared/reference/*/greedy.jsonl`), and invariance of the logits under batching,
 //! block-table layout and prefill chunking — the properties the batching server relies on.
 
-use std::path::PathBuf;
-
 use autoglm_kernels::ThreadPool;
-use serde_json::Value;
+use autoglm_testkit::{ids, model_path, reference};
 
 use crate::*;
 
 fn model(name: &str) -> Model {
-    let path = autoglm_hub::test_model_path(name);
-    Model::load(path).expect("model loads")
-}
-
-fn reference(model: &str, file: &str) -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../../shared/reference/{model}/{file}"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+    Model::load(model_path(name)).expect("model loads")
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -13,30 +13,13 @@ use autoglm_tokenizer::Tokenizer;
 pub const SMOLLM: (&str, &str) = ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf");
 pub const GEMMA: (&str, &str) = ("gemma3-270m", "gemma-3-270m-q4_k_m.gguf");
 
-/// The catalogue model `name` from the project's model cache, pulled (and verified) on first
-/// use; `_file` is kept for readability at call sites.
+/// The catalogue model `name`, pulled and verified on first use; `_file` is kept for
+/// readability at call sites.
 pub fn model_path(name: &str, _file: &str) -> PathBuf {
-    autoglm_hub::test_model_path(name)
+    autoglm_testkit::model_path(name)
 }
 
-/// `$AUTOGLM_REFERENCE` or the `shared/reference` directory beside the repository checkout.
-fn reference_dir() -> PathBuf {
-    match std::env::var_os("AUTOGLM_REFERENCE") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference"),
-    }
-}
-
-/// The llama.cpp reference recordings for `model`.
-pub fn reference(model: &str, file: &str) -> Vec<serde_json::Value> {
-    let path = reference_dir().join(model).join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read reference {}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line in {file}: {e}")))
-        .collect()
-}
+pub use autoglm_testkit::reference;
 
 pub struct Loaded {
     pub file: GgufFile,
