@@ -57,6 +57,9 @@ enum Command {
         /// A system prompt for the conversation.
         #[arg(long)]
         system: Option<String>,
+        /// Print token counts and speeds to stderr after each reply.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Measure prompt-processing and generation speed (like llama-bench's pp/tg).
     Bench {
@@ -184,14 +187,10 @@ fn run(cli: Cli) -> Result<()> {
             let params = sampling.params();
             params.validate()?;
             let mut engine = load_engine(&model)?;
-            let ids = if raw || engine.chat_template().is_none() {
-                if !raw {
-                    eprintln!(
-                        "note: this model has no chat template; using the prompt as raw text"
-                    );
-                }
+            let ids = if raw {
                 engine.raw_prompt(&prompt)
             } else {
+                note_builtin_template(&engine, &model.model);
                 engine.chat_prompt(&[ChatMessage::user(prompt)])?
             };
             let mut stdout = std::io::stdout().lock();
@@ -212,7 +211,8 @@ fn run(cli: Cli) -> Result<()> {
             model,
             sampling,
             system,
-        } => chat(&model, &sampling, system),
+            verbose,
+        } => chat(&model, &sampling, system, verbose),
         Command::Bench {
             model,
             pp,
@@ -300,6 +300,15 @@ fn load_engine_with(model: &ModelArgs, kv_tokens: usize) -> Result<Engine> {
     Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
 }
 
+fn note_builtin_template(engine: &Engine, name: &str) {
+    if engine.has_builtin_template() {
+        eprintln!(
+            "note: {name} has no chat template of its own (a base model?); using a built-in one. \
+             Use --raw for plain text completion."
+        );
+    }
+}
+
 fn report(g: &autoglm_engine::Generation) {
     let pp = g.prompt_tokens as f64 / g.prefill_time.as_secs_f64().max(1e-9);
     let n = g.tokens.len();
@@ -310,16 +319,16 @@ fn report(g: &autoglm_engine::Generation) {
     );
 }
 
-fn chat(model: &ModelArgs, sampling: &SamplingArgs, system: Option<String>) -> Result<()> {
+fn chat(
+    model: &ModelArgs,
+    sampling: &SamplingArgs,
+    system: Option<String>,
+    verbose: bool,
+) -> Result<()> {
     let params = sampling.params();
     params.validate()?;
     let mut engine = load_engine(model)?;
-    if engine.chat_template().is_none() {
-        bail!(
-            "model '{}' has no chat template, so it cannot chat; try `autoglm generate --raw`",
-            model.model
-        );
-    }
+    note_builtin_template(&engine, &model.model);
     let mut history: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -350,6 +359,9 @@ fn chat(model: &ModelArgs, sampling: &SamplingArgs, system: Option<String>) -> R
             true
         })?;
         println!();
+        if verbose {
+            report(&g);
+        }
         if g.finish == FinishReason::Length {
             eprintln!("[reply cut at {} tokens]", g.tokens.len());
         }

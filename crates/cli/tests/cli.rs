@@ -200,3 +200,76 @@ fn bad_input_gets_clear_errors_and_status() {
     let long = "word ".repeat(9000);
     check(&["generate", "--raw", &long], "context");
 }
+
+/// Every turn's prompt carries the whole conversation so far (the tiny default model is too
+/// weak to test memory by its answers, so this checks the prompt sizes `--verbose` reports).
+#[test]
+fn chat_keeps_history_over_piped_turns() {
+    use std::io::Write;
+    use std::process::Stdio;
+    ensure("smollm2-135m");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args([
+            "chat",
+            "--verbose",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "20",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"My name is Ada.\nWhat is my name?\n\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // "[N prompt tokens at … tok/s, M generated at …"
+    let turns: Vec<(usize, usize)> = stderr(&o)
+        .lines()
+        .filter_map(|l| {
+            let l = &l[l.find('[')? + 1..];
+            let (p, rest) = l.split_once(" prompt tokens")?;
+            let g = rest.split_once(", ")?.1.split_once(' ')?.0;
+            Some((p.parse().ok()?, g.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(turns.len(), 2, "{}", stderr(&o));
+    let ((p1, g1), (p2, _)) = (turns[0], turns[1]);
+    // The second prompt holds the first prompt, the first reply and the new question.
+    assert!(
+        p2 > p1 + g1,
+        "second prompt {p2} tokens, first {p1} + reply {g1}"
+    );
+    assert_eq!(
+        stdout(&o).lines().filter(|l| !l.trim().is_empty()).count(),
+        2
+    );
+}
+
+#[test]
+fn a_model_without_a_chat_template_gets_a_builtin_one() {
+    ensure("gemma3-270m");
+    let o = autoglm(&[
+        "generate",
+        "--model",
+        "gemma3-270m",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "Hi",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no chat template of its own"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -87,21 +87,18 @@ impl Engine {
             let reps = cfg.repetitions.max(1);
             if cfg.pp_tokens > 0 {
                 let toks = random_tokens(cfg.pp_tokens);
-                for rep in 0..=reps {
-                    let t0 = Instant::now();
-                    let input = SeqInput {
-                        tokens: &toks,
-                        start_pos: 0,
-                        block_table: &tables[0],
-                        logits: LogitsWanted::Last,
-                    };
+                let prompt = [SeqInput {
+                    tokens: &toks,
+                    start_pos: 0,
+                    block_table: &tables[0],
+                    logits: LogitsWanted::Last,
+                }];
+                r.pp_samples = rates(reps, cfg.pp_tokens, || {
                     self.model
-                        .forward(&self.pool, &mut self.scratch, &mut self.kv, &[input])?;
-                    let s = cfg.pp_tokens as f64 / t0.elapsed().as_secs_f64();
-                    if rep > 0 {
-                        r.pp_samples.push(s);
-                    }
-                }
+                        .forward(&self.pool, &mut self.scratch, &mut self.kv, &prompt)
+                        .map(drop)
+                        .map_err(EngineError::from)
+                })?;
                 r.pp_tok_s = median(&r.pp_samples);
                 progress(&format!(
                     "pp{}: {:.1} tok/s",
@@ -110,28 +107,10 @@ impl Engine {
                 ));
             }
             if cfg.tg_tokens > 0 {
-                let toks = random_tokens(cfg.tg_tokens);
-                for rep in 0..=reps {
-                    let t0 = Instant::now();
-                    for (pos, t) in toks.iter().enumerate() {
-                        let input = SeqInput {
-                            tokens: std::slice::from_ref(t),
-                            start_pos: pos,
-                            block_table: &tables[0],
-                            logits: LogitsWanted::Last,
-                        };
-                        self.model.forward(
-                            &self.pool,
-                            &mut self.scratch,
-                            &mut self.kv,
-                            &[input],
-                        )?;
-                    }
-                    let s = cfg.tg_tokens as f64 / t0.elapsed().as_secs_f64();
-                    if rep > 0 {
-                        r.tg_samples.push(s);
-                    }
-                }
+                let steps: Vec<Vec<u32>> = (0..cfg.tg_tokens).map(|_| random_tokens(1)).collect();
+                r.tg_samples = rates(reps, cfg.tg_tokens, || {
+                    self.decode_steps(&tables[..1], &steps)
+                })?;
                 r.tg_tok_s = median(&r.tg_samples);
                 progress(&format!(
                     "tg{}: {:.1} tok/s",
@@ -140,30 +119,11 @@ impl Engine {
                 ));
             }
             if cfg.batch > 1 && cfg.tg_tokens > 0 {
-                // One row per step, one token per sequence in each row.
                 let steps: Vec<Vec<u32>> =
                     (0..cfg.tg_tokens).map(|_| random_tokens(batch)).collect();
-                for rep in 0..=reps {
-                    let t0 = Instant::now();
-                    for (pos, row) in steps.iter().enumerate() {
-                        let inputs: Vec<SeqInput> = row
-                            .iter()
-                            .zip(&tables)
-                            .map(|(tok, table)| SeqInput {
-                                tokens: std::slice::from_ref(tok),
-                                start_pos: pos,
-                                block_table: table,
-                                logits: LogitsWanted::Last,
-                            })
-                            .collect();
-                        self.model
-                            .forward(&self.pool, &mut self.scratch, &mut self.kv, &inputs)?;
-                    }
-                    let s = (batch * cfg.tg_tokens) as f64 / t0.elapsed().as_secs_f64();
-                    if rep > 0 {
-                        r.batch_samples.push(s);
-                    }
-                }
+                r.batch_samples = rates(reps, batch * cfg.tg_tokens, || {
+                    self.decode_steps(&tables, &steps)
+                })?;
                 r.batch_tg_tok_s = median(&r.batch_samples);
                 progress(&format!(
                     "batch {batch} x tg{}: {:.1} tok/s aggregate",
@@ -178,4 +138,41 @@ impl Engine {
         }
         result
     }
+
+    /// One forward step per row of `steps`, each row holding one new token per sequence, the
+    /// sequences' positions advancing together from 0.
+    fn decode_steps(&mut self, tables: &[Vec<u32>], steps: &[Vec<u32>]) -> Result<(), EngineError> {
+        for (pos, row) in steps.iter().enumerate() {
+            let inputs: Vec<SeqInput> = row
+                .iter()
+                .zip(tables)
+                .map(|(tok, table)| SeqInput {
+                    tokens: std::slice::from_ref(tok),
+                    start_pos: pos,
+                    block_table: table,
+                    logits: LogitsWanted::Last,
+                })
+                .collect();
+            self.model
+                .forward(&self.pool, &mut self.scratch, &mut self.kv, &inputs)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` once to warm up, then `reps` times, returning the tokens/s of each timed run.
+fn rates(
+    reps: usize,
+    tokens: usize,
+    mut f: impl FnMut() -> Result<(), EngineError>,
+) -> Result<Vec<f64>, EngineError> {
+    let mut out = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        let t0 = Instant::now();
+        f()?;
+        if rep > 0 {
+            out.push(tokens as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(out)
 }

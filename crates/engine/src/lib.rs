@@ -38,8 +38,6 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("KV cache exhausted: {needed} blocks needed, {free} free (raise the cache size)")]
     CacheFull { needed: usize, free: usize },
-    #[error("this model has no chat template; use a raw prompt")]
-    NoChatTemplate,
 }
 
 /// Engine settings.
@@ -92,7 +90,9 @@ pub struct Generation {
 pub struct Engine {
     model: Model,
     tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
+    template: ChatTemplate,
+    /// The file had no template; `template` is our per-architecture default.
+    builtin_template: bool,
     pool: ThreadPool,
     kv: KvCache,
     scratch: ForwardScratch,
@@ -108,7 +108,11 @@ impl Engine {
 
     pub fn new(model: Model, config: EngineConfig) -> Result<Engine, EngineError> {
         let tokenizer = Tokenizer::from_gguf(model.gguf())?;
-        let template = ChatTemplate::from_gguf(model.gguf(), &tokenizer)?;
+        let template = match ChatTemplate::from_gguf(model.gguf(), &tokenizer)? {
+            Some(t) => t,
+            None => ChatTemplate::builtin(model.config().arch.name(), &tokenizer)?,
+        };
+        let builtin_template = model.gguf().get("tokenizer.chat_template").is_none();
         let block_size = config.block_size.max(1);
         let kv_tokens = config
             .kv_tokens
@@ -122,6 +126,7 @@ impl Engine {
             kv,
             scratch: ForwardScratch::default(),
             template,
+            builtin_template,
             tokenizer,
             model,
             config,
@@ -136,8 +141,14 @@ impl Engine {
         &self.tokenizer
     }
 
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.template.as_ref()
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// True when the model file has no chat template of its own and a built-in default is used
+    /// (base models are not trained to converse, so callers may want to say so).
+    pub fn has_builtin_template(&self) -> bool {
+        self.builtin_template
     }
 
     pub fn threads(&self) -> usize {
@@ -146,12 +157,12 @@ impl Engine {
 
     /// Prompt tokens for a conversation, rendered with the model's chat template.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
-        let template = self.template.as_ref().ok_or(EngineError::NoChatTemplate)?;
-        let text = template.render(messages, None, true)?;
+        let text = self.template.render(messages, None, true)?;
         Ok(self.raw_prompt(&text))
     }
 
-    /// Prompt tokens for raw text: special-token text recognised, BOS added if the model wants it.
+    /// Prompt tokens for raw text: special-token text recognised, BOS added if the model wants
+    /// it and the text does not already start with it (templates often write it themselves).
     pub fn raw_prompt(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
         if self.tokenizer.add_bos()
@@ -159,7 +170,11 @@ impl Engine {
         {
             ids.push(bos);
         }
-        ids.extend(self.tokenizer.encode(text, true));
+        let body = self.tokenizer.encode(text, true);
+        if !ids.is_empty() && body.first() == ids.first() {
+            ids.clear();
+        }
+        ids.extend(body);
         ids
     }
 

@@ -34,6 +34,14 @@ pub struct SeqInput<'a> {
     pub logits: LogitsWanted,
 }
 
+/// One thread's attention buffers.
+#[derive(Default)]
+struct AttScratch {
+    scores: Vec<f32>,
+    q16: Vec<u16>,
+    out: Vec<f32>,
+}
+
 /// Buffers reused from step to step so that decoding does not allocate.
 #[derive(Default)]
 pub struct ForwardScratch {
@@ -53,8 +61,8 @@ pub struct ForwardScratch {
     /// Per token, cos/sin tables for the global and the sliding-window RoPE base.
     rope_global: Vec<Vec<(f32, f32)>>,
     rope_local: Vec<Vec<(f32, f32)>>,
-    /// Per thread: attention scores and the f16-rounded query.
-    att_scratch: Vec<Mutex<(Vec<f32>, Vec<u16>)>>,
+    /// Per thread: attention scores, the f16-rounded query and the thread's output rows.
+    att_scratch: Vec<Mutex<AttScratch>>,
     matmul: MatmulScratch,
 }
 
@@ -147,9 +155,7 @@ impl Model {
 
         let nt = pool.n_threads();
         if s.att_scratch.len() != nt {
-            s.att_scratch = (0..nt)
-                .map(|_| Mutex::new((Vec::new(), Vec::new())))
-                .collect();
+            s.att_scratch = (0..nt).map(|_| Mutex::default()).collect();
         }
 
         resize(&mut s.xn, n * e);
@@ -300,7 +306,7 @@ fn attention(
     tok_pos: &[(usize, usize)],
     q: &[f32],
     att: &mut [f32],
-    scratch: &[Mutex<(Vec<f32>, Vec<u16>)>],
+    scratch: &[Mutex<AttScratch>],
     n_head: usize,
     n_head_kv: usize,
     hd: usize,
@@ -309,18 +315,23 @@ fn attention(
     let n_pairs = tok_pos.len() * n_head;
     let nt = pool.n_threads();
     let per = n_pairs.div_ceil(nt);
-    // Each thread owns a contiguous run of (token, head) pairs, which is a contiguous run of `att`.
-    let chunks: Vec<Mutex<&mut [f32]>> = att.chunks_mut(per.max(1) * hd).map(Mutex::new).collect();
     let (kc, vc) = kv.layer(layer);
     let group = n_head / n_head_kv;
+    // Each thread owns a contiguous run of (token, head) pairs, written to its own scratch rows
+    // and copied into `att` afterwards: nothing is allocated per step once buffers have grown.
     pool.run(&|tid, _| {
-        let Some(chunk) = chunks.get(tid) else { return };
-        let Ok(mut out) = chunk.lock() else { return };
-        let Ok(mut guard) = scratch[tid].lock() else {
+        let Some(Ok(mut guard)) = scratch.get(tid).map(|m| m.lock()) else {
             return;
         };
-        let (scores, qh16) = &mut *guard;
-        let first = tid * per;
+        let AttScratch {
+            scores,
+            q16: qh16,
+            out,
+        } = &mut *guard;
+        let first = (tid * per).min(n_pairs);
+        let count = per.min(n_pairs - first);
+        out.clear();
+        out.resize(count * hd, 0.0);
         for (k, out_h) in out.chunks_exact_mut(hd).enumerate() {
             let pair = first + k;
             let (ti, h) = (pair / n_head, pair % n_head);
@@ -358,4 +369,10 @@ fn attention(
             }
         }
     });
+    for (tid, m) in scratch.iter().enumerate().take(nt) {
+        let first = (tid * per).min(n_pairs);
+        if let Ok(g) = m.lock() {
+            att[first * hd..first * hd + g.out.len()].copy_from_slice(&g.out);
+        }
+    }
 }

@@ -113,6 +113,28 @@ fn error_text(e: &Error, source: &str) -> String {
     msg
 }
 
+/// Gemma's turn format (a system message joins the first user turn, as Gemma's own template
+/// does). BOS is left to the tokenizer's add-BOS rule.
+const BUILTIN_GEMMA: &str = "\
+{%- if messages and messages[0]['role'] == 'system' -%}
+{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}
+{%- for m in turns -%}
+<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}
+{{ (prefix if loop.first else '') + m['content'] | trim }}<end_of_turn>
+{% endfor -%}
+{%- if add_generation_prompt -%}<start_of_turn>model
+{% endif -%}";
+
+/// ChatML, llama.cpp's default when a model names no template.
+const BUILTIN_CHATML: &str = "\
+{%- for m in messages -%}
+<|im_start|>{{ m['role'] }}
+{{ m['content'] }}<|im_end|>
+{% endfor -%}
+{%- if add_generation_prompt -%}<|im_start|>assistant
+{% endif -%}";
+
 impl ChatTemplate {
     /// The file's `tokenizer.chat_template`, with the tokenizer's BOS/EOS texts; `None` when the
     /// file has no template.
@@ -128,6 +150,19 @@ impl ChatTemplate {
         };
         let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("");
         ChatTemplate::new(source, text(tok.bos_id()), text(tok.eos_id())).map(Some)
+    }
+
+    /// The conversation format to use for a model whose file carries no template (base models
+    /// such as Gemma 3 270M), chosen by architecture as llama.cpp does: Gemma's turn markers for
+    /// the Gemma family, ChatML otherwise.
+    pub fn builtin(architecture: &str, tok: &Tokenizer) -> Result<ChatTemplate, TokenizerError> {
+        let source = if architecture.starts_with("gemma") {
+            BUILTIN_GEMMA
+        } else {
+            BUILTIN_CHATML
+        };
+        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("");
+        ChatTemplate::new(source, text(tok.bos_id()), text(tok.eos_id()))
     }
 
     /// Compiles `source`; a syntax error is reported with the template's message and line.

@@ -247,3 +247,30 @@ fn feature_mix_matches_jinja2() {
         }
     }
 }
+
+#[test]
+fn builtin_templates_for_models_without_one() {
+    let g = gemma();
+    let t = ChatTemplate::builtin("gemma3", &g.tok).unwrap();
+    let conv = [
+        ChatMessage::system("Be brief."),
+        ChatMessage::user("Hi"),
+        ChatMessage::assistant("Hello!"),
+        ChatMessage::user("Bye"),
+    ];
+    assert_eq!(
+        t.render(&conv, None, true).unwrap(),
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n\
+         <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    );
+    // The turn markers are single special tokens in Gemma's vocabulary.
+    let ids = g.tok.encode("<start_of_turn>user\nHi<end_of_turn>", true);
+    assert_eq!(ids.first().copied(), Some(105));
+    assert_eq!(ids.last().copied(), Some(106));
+
+    let t = ChatTemplate::builtin("llama", &smollm().tok).unwrap();
+    assert_eq!(
+        t.render(&[ChatMessage::user("Hi")], None, true).unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
