@@ -42,12 +42,19 @@ fn isa(b: Backend) -> Isa {
 /// The backend the plain (no `_with`) ops use: the widest vectors available, as a native
 /// llama.cpp build on this CPU would, unless [`crate::set_force_scalar`] is on.
 pub fn default_backend() -> Backend {
+    // Probed once: these helpers are called per attention row, where four feature probes per
+    // call cost more than the work (7 % of prompt processing before this cache).
+    static DETECTED: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
     if crate::force_scalar() {
         Backend::Scalar
-    } else if Backend::Avx512Vnni.is_available() {
-        Backend::Avx512Vnni
     } else {
-        Backend::detect()
+        *DETECTED.get_or_init(|| {
+            if Backend::Avx512Vnni.is_available() {
+                Backend::Avx512Vnni
+            } else {
+                Backend::detect()
+            }
+        })
     }
 }
 
@@ -303,6 +310,21 @@ pub fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
     }
 }
 
+/// Converts an f16 row (raw bits) to f32, with F16C where available.
+/// Panics on length mismatch.
+pub fn f16_to_f32_row(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "f16_to_f32_row: length mismatch");
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd(default_backend()) {
+        // SAFETY: simd() confirmed AVX2+FMA+F16C.
+        i = unsafe { avx2::f16_to_f32_row(src, dst) };
+    }
+    for (d, &x) in dst[i..].iter_mut().zip(&src[i..]) {
+        *d = f16_to_f32(x);
+    }
+}
+
 /// `y += a * f32(x)` for an f16 row `x` (raw bits): attention's weighted sum of cached values
 /// accumulated in f32. Panics on length mismatch.
 pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
@@ -464,6 +486,22 @@ mod avx2 {
         let t0 = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps::<1>(s0));
         let t1 = _mm_hadd_ps(t0, t0);
         (np, _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64)
+    }
+
+    /// f16 -> f32 over whole groups of 8; returns the number of elements done.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn f16_to_f32_row(src: &[u16], dst: &mut [f32]) -> usize {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= len of both.
+            unsafe {
+                let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+            }
+            i += 8;
+        }
+        i
     }
 
     /// f32 `y += a * x` over whole groups of 8 f16 inputs; returns the number of elements done.

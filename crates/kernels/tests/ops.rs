@@ -185,6 +185,12 @@ fn f16_dot_and_mad() {
             let e = f32_to_f16(f16_to_f32(a[i]).mul_add(0.37, f16_to_f32(b[i])));
             assert_eq!(y[i], e, "n={n} i={i}");
         }
+        let mut conv = vec![0.0; n];
+        ops::f16_to_f32_row(&a, &mut conv);
+        assert!(
+            conv.iter().zip(&a).all(|(&c, &h)| c == f16_to_f32(h)),
+            "n={n}"
+        );
         // f32 accumulator plus an f16 row: one FMA per element, exact whatever the width.
         let acc = rng.vec(n, 1.0);
         let mut y = acc.clone();

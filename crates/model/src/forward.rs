@@ -5,11 +5,10 @@
 
 use std::sync::Mutex;
 
-use autoglm_kernels::f16::f32_to_f16;
 use autoglm_kernels::{MatmulScratch, ThreadPool, matmul, ops};
 
 use crate::weights::Mat;
-use crate::{Activation, KvCache, Model, ModelError, rope};
+use crate::{Activation, KvCache, Model, ModelError, attention, rope};
 
 /// Which logits a sequence wants back from a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,14 +33,6 @@ pub struct SeqInput<'a> {
     pub logits: LogitsWanted,
 }
 
-/// One thread's attention buffers.
-#[derive(Default)]
-struct AttScratch {
-    scores: Vec<f32>,
-    q16: Vec<u16>,
-    out: Vec<f32>,
-}
-
 /// Buffers reused from step to step so that decoding does not allocate.
 #[derive(Default)]
 pub struct ForwardScratch {
@@ -62,7 +53,8 @@ pub struct ForwardScratch {
     rope_global: Vec<Vec<(f32, f32)>>,
     rope_local: Vec<Vec<(f32, f32)>>,
     /// Per thread: attention scores, the f16-rounded query and the thread's output rows.
-    att_scratch: Vec<Mutex<AttScratch>>,
+    att_scratch: Vec<Mutex<attention::Scratch>>,
+    att_units: Vec<attention::Unit>,
     matmul: MatmulScratch,
 }
 
@@ -211,7 +203,14 @@ impl Model {
                 );
             }
             let window = if swa { c.sliding_window } else { None };
-            attention(
+            let shape = attention::Shape {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: hd,
+                window,
+            };
+            attention::plan(batch, shape, nt, &mut s.att_units);
+            attention::run(
                 pool,
                 kv,
                 il,
@@ -219,11 +218,9 @@ impl Model {
                 &s.tok_pos,
                 &s.q,
                 &mut s.att,
+                &s.att_units,
                 &s.att_scratch,
-                c.n_head,
-                c.n_head_kv,
-                hd,
-                window,
+                shape,
             );
             mm(&layer.wo, &s.att, &mut s.o, &mut s.matmul);
             if let Some(pn) = &layer.post_attn_norm {
@@ -292,87 +289,5 @@ impl Model {
             }
         }
         Ok(&s.logits)
-    }
-}
-
-/// Causal attention of every new token over its sequence's cached positions, split across the
-/// pool by (token, head) pairs. Queries arrive already scaled.
-#[allow(clippy::too_many_arguments)]
-fn attention(
-    pool: &ThreadPool,
-    kv: &KvCache,
-    layer: usize,
-    batch: &[SeqInput],
-    tok_pos: &[(usize, usize)],
-    q: &[f32],
-    att: &mut [f32],
-    scratch: &[Mutex<AttScratch>],
-    n_head: usize,
-    n_head_kv: usize,
-    hd: usize,
-    window: Option<usize>,
-) {
-    let n_pairs = tok_pos.len() * n_head;
-    let nt = pool.n_threads();
-    let per = n_pairs.div_ceil(nt);
-    let (kc, vc) = kv.layer(layer);
-    let group = n_head / n_head_kv;
-    // Each thread owns a contiguous run of (token, head) pairs, written to its own scratch rows
-    // and copied into `att` afterwards: nothing is allocated per step once buffers have grown.
-    pool.run(&|tid, _| {
-        let Some(Ok(mut guard)) = scratch.get(tid).map(|m| m.lock()) else {
-            return;
-        };
-        let AttScratch {
-            scores,
-            q16: qh16,
-            out,
-        } = &mut *guard;
-        let first = (tid * per).min(n_pairs);
-        let count = per.min(n_pairs - first);
-        out.clear();
-        out.resize(count * hd, 0.0);
-        for (k, out_h) in out.chunks_exact_mut(hd).enumerate() {
-            let pair = first + k;
-            let (ti, h) = (pair / n_head, pair % n_head);
-            let (pos, si) = tok_pos[ti];
-            let table = batch[si].block_table;
-            let g = h / group;
-            // llama.cpp multiplies K (f16) by Q converted to f16; rounding Q the same way keeps our
-            // scores on the same side of near-ties.
-            qh16.clear();
-            qh16.extend(
-                q[ti * n_head * hd + h * hd..][..hd]
-                    .iter()
-                    .map(|&x| f32_to_f16(x)),
-            );
-            // Sliding-window layers see the last `w` positions, the current one included.
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in lo..=pos {
-                let s = kv.slot(table, p) + g * hd;
-                let dot = ops::dot_f16(qh16, &kc[s..s + hd]);
-                max = max.max(dot);
-                scores.push(dot);
-            }
-            let mut sum = 0.0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += *sc;
-            }
-            let inv = 1.0 / sum;
-            out_h.fill(0.0);
-            for (i, p) in (lo..=pos).enumerate() {
-                let s = kv.slot(table, p) + g * hd;
-                ops::axpy_f16(out_h, scores[i] * inv, &vc[s..s + hd]);
-            }
-        }
-    });
-    for (tid, m) in scratch.iter().enumerate().take(nt) {
-        let first = (tid * per).min(n_pairs);
-        if let Ok(g) = m.lock() {
-            att[first * hd..first * hd + g.out.len()].copy_from_slice(&g.out);
-        }
     }
 }

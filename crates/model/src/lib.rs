@@ -12,6 +12,7 @@
 //! [`ModelConfig::from_gguf`] its metadata and, if it has new tensors, [`weights`] their names.
 
 mod arch;
+mod attention;
 mod config;
 mod forward;
 mod kv;
