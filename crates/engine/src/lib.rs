@@ -8,11 +8,16 @@
 mod bench;
 mod blocks;
 mod sampling;
+mod serve;
 mod stop;
 
+pub use autoglm_sched::Priority;
 pub use bench::{BenchConfig, BenchResult, median};
 pub use blocks::BlockAllocator;
 pub use sampling::{Rng, Sampler, SamplingParams, argmax};
+pub use serve::{
+    EngineHandle, GenEvent, GenRequest, GenStream, GenSummary, ServeConfig, SubmitError,
+};
 pub use stop::{StopMatcher, StopOutcome};
 
 use std::path::Path;

@@ -1,0 +1,523 @@
+//! The serving engine: one thread owns the model, the KV cache and the scheduler, and runs a
+//! continuous-batching loop; any number of [`EngineHandle`] clones submit requests from other
+//! threads (the HTTP server, in-process agents) and read each request's [`GenStream`].
+//!
+//! Each loop turn: take new submissions and aborts, ask the scheduler for a step (decodes plus
+//! prompt chunks within a token budget, blocks from the paged cache with prefix reuse), run one
+//! forward pass for the whole batch, sample a token for every sequence that produced logits,
+//! stream its text, and report the results back to the scheduler. Dropping a stream aborts its
+//! request, so a client that goes away frees its blocks at the next step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use autoglm_kernels::ThreadPool;
+use autoglm_model::{ForwardScratch, KvCache, LogitsWanted, Model, SeqInput};
+use autoglm_sched::{AbortReason, Priority, Request, RequestId, Scheduler, SchedulerConfig};
+use autoglm_tokenizer::{OwnedStreamDecoder, Tokenizer};
+
+use crate::{EngineError, FinishReason, Sampler, SamplingParams, StopMatcher, StopOutcome};
+
+/// Settings of the serving engine.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub threads: usize,
+    /// KV cache budget; the block count follows from the model's per-token size.
+    pub kv_cache_mb: usize,
+    pub block_size: usize,
+    /// Most sequences decoding together.
+    pub max_running: usize,
+    /// Token budget of one step (decodes + prompt chunks): bounds how long a step can stall
+    /// streaming users.
+    pub max_step_tokens: usize,
+    /// Requests allowed to wait; past it, submissions are refused at once.
+    pub max_queue: usize,
+    pub prefix_caching: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kv_cache_mb: 512,
+            block_size: 16,
+            max_running: 16,
+            max_step_tokens: 512,
+            max_queue: 64,
+            prefix_caching: true,
+        }
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub priority: Priority,
+    /// Abort if not finished within this time.
+    pub timeout: Option<Duration>,
+}
+
+/// What a stream yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    /// Newly final text and the token that completed it (text may be empty mid-character).
+    Token { id: u32, text: String },
+    /// The end; no event follows.
+    Done(GenSummary),
+    /// Refused after submission (e.g. it can never fit the cache); no event follows.
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenSummary {
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens found in the prefix cache, not computed again.
+    pub cached_prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Submission to first token.
+    pub time_to_first_token: Duration,
+    pub total_time: Duration,
+}
+
+/// Why a submission was refused at once.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("overloaded: {in_flight} requests in flight; retry in about {retry_after_ms} ms")]
+    Overloaded {
+        in_flight: usize,
+        retry_after_ms: u64,
+    },
+    #[error(transparent)]
+    Invalid(#[from] EngineError),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// The receiving end of one request. Dropping it aborts the request.
+pub struct GenStream {
+    id: RequestId,
+    rx: tokio::sync::mpsc::UnboundedReceiver<GenEvent>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl GenStream {
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// Next event, waiting for it (async).
+    pub async fn next(&mut self) -> Option<GenEvent> {
+        self.rx.recv().await
+    }
+
+    /// Next event, blocking the calling thread (not for use inside an async runtime).
+    pub fn next_blocking(&mut self) -> Option<GenEvent> {
+        self.rx.blocking_recv()
+    }
+
+    /// Collects the whole generation: its text and summary.
+    pub fn collect_blocking(mut self) -> Result<(String, GenSummary), String> {
+        let mut text = String::new();
+        while let Some(ev) = self.next_blocking() {
+            match ev {
+                GenEvent::Token { text: t, .. } => text.push_str(&t),
+                GenEvent::Done(s) => return Ok((text, s)),
+                GenEvent::Error(e) => return Err(e),
+            }
+        }
+        Err("the engine stopped".into())
+    }
+}
+
+impl Drop for GenStream {
+    fn drop(&mut self) {
+        // Harmless if the request already ended.
+        let _ = self.commands.send(Command::Abort(self.id));
+    }
+}
+
+enum Command {
+    Submit {
+        id: RequestId,
+        req: GenRequest,
+        events: tokio::sync::mpsc::UnboundedSender<GenEvent>,
+        at: Instant,
+    },
+    Abort(RequestId),
+}
+
+/// Counters shared between the handle and the engine thread.
+#[derive(Default)]
+struct Shared {
+    in_flight: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+/// A cheap, cloneable way to submit work to the serving engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    tokenizer: Arc<Tokenizer>,
+    context_length: usize,
+    limit: usize,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread for `model`.
+    pub fn start(model: Model, cfg: ServeConfig) -> Result<EngineHandle, EngineError> {
+        let tokenizer = Arc::new(Tokenizer::from_gguf(model.gguf())?);
+        let bytes_per_block = model.config().kv_bytes_per_token() * cfg.block_size.max(1);
+        let num_blocks = (cfg.kv_cache_mb << 20) / bytes_per_block.max(1);
+        if num_blocks < 2 {
+            return Err(EngineError::InvalidParameter(format!(
+                "kv_cache_mb {} holds fewer than two {}-token blocks of this model",
+                cfg.kv_cache_mb, cfg.block_size
+            )));
+        }
+        let kv = KvCache::new(model.kv_layout(cfg.block_size.max(1), num_blocks))?;
+        let sched = Scheduler::new(SchedulerConfig {
+            block_size: cfg.block_size.max(1),
+            num_blocks,
+            max_running: cfg.max_running,
+            max_step_tokens: cfg.max_step_tokens,
+            // The handle is the admission gate (waiting + running <= max_queue + max_running,
+            // refused without a round trip); until a step admits them, every request in flight
+            // sits in the scheduler's queue, so that queue must hold the whole bound.
+            max_queue: cfg.max_queue + cfg.max_running,
+            prefix_caching: cfg.prefix_caching,
+            ..SchedulerConfig::default()
+        });
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let context_length = model.config().context_length;
+        let worker = Worker {
+            pool: ThreadPool::new(cfg.threads.max(1)),
+            scratch: ForwardScratch::default(),
+            kv,
+            sched,
+            seqs: HashMap::new(),
+            tokenizer: tokenizer.clone(),
+            stop_ids: tokenizer.stop_ids().to_vec(),
+            shared: shared.clone(),
+            epoch: Instant::now(),
+            model,
+        };
+        std::thread::Builder::new()
+            .name("autoglm-engine".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| {
+                EngineError::InvalidParameter(format!("cannot start the engine thread: {e}"))
+            })?;
+        Ok(EngineHandle {
+            commands: tx,
+            shared,
+            tokenizer,
+            context_length,
+            limit: cfg.max_queue + cfg.max_running,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Requests submitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Queues a request. Refuses at once, without waiting for the engine, when too many requests
+    /// are in flight or the request is invalid.
+    pub fn submit(&self, req: GenRequest) -> Result<GenStream, SubmitError> {
+        req.params.validate()?;
+        if req.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt.into());
+        }
+        if req.prompt.len() >= self.context_length {
+            return Err(EngineError::PromptTooLong {
+                prompt: req.prompt.len(),
+                context: self.context_length,
+            }
+            .into());
+        }
+        let in_flight = self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if in_flight >= self.limit {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Overloaded {
+                in_flight,
+                retry_after_ms: 1000,
+            });
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        let cmd = Command::Submit {
+            id,
+            req,
+            events: etx,
+            at: Instant::now(),
+        };
+        if self.commands.send(cmd).is_err() {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Stopped);
+        }
+        Ok(GenStream {
+            id,
+            rx: erx,
+            commands: self.commands.clone(),
+        })
+    }
+
+    /// Aborts a request (its stream gets a `Done` with `Cancelled`).
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.commands.send(Command::Abort(id));
+    }
+}
+
+/// Per-request state on the engine thread.
+struct SeqCtx {
+    events: tokio::sync::mpsc::UnboundedSender<GenEvent>,
+    sampler: Sampler,
+    decoder: OwnedStreamDecoder,
+    stop: StopMatcher,
+    /// Prompt and generated tokens (for penalties).
+    history: Vec<u32>,
+    prompt_len: usize,
+    max_tokens: usize,
+    ignore_eos: bool,
+    cached_prompt_tokens: usize,
+    submitted: Instant,
+    first_token: Option<Duration>,
+}
+
+impl SeqCtx {
+    fn generated(&self) -> usize {
+        self.history.len() - self.prompt_len
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        let mut rest = self.decoder.flush();
+        rest = match self.stop.push(&rest) {
+            StopOutcome::Stopped(t) => t,
+            StopOutcome::Continue(t) => t + &self.stop.finish(),
+        };
+        if !rest.is_empty() {
+            let _ = self.events.send(GenEvent::Token {
+                id: u32::MAX,
+                text: rest,
+            });
+        }
+        let _ = self.events.send(GenEvent::Done(GenSummary {
+            finish: reason,
+            prompt_tokens: self.prompt_len,
+            cached_prompt_tokens: self.cached_prompt_tokens,
+            completion_tokens: self.generated(),
+            time_to_first_token: self.first_token.unwrap_or_default(),
+            total_time: self.submitted.elapsed(),
+        }));
+    }
+}
+
+struct Worker {
+    model: Model,
+    pool: ThreadPool,
+    scratch: ForwardScratch,
+    kv: KvCache,
+    sched: Scheduler,
+    seqs: HashMap<RequestId, SeqCtx>,
+    tokenizer: Arc<Tokenizer>,
+    stop_ids: Vec<u32>,
+    shared: Arc<Shared>,
+    epoch: Instant,
+}
+
+impl Worker {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            // Block only when there is nothing to do; otherwise take what has arrived.
+            if self.sched.is_idle() {
+                match rx.recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                self.command(cmd);
+            }
+            self.step();
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit {
+                id,
+                req,
+                events,
+                at,
+            } => {
+                let now = self.now_ms();
+                let sreq = Request {
+                    id,
+                    prompt: req.prompt.clone(),
+                    max_new_tokens: req.params.max_tokens,
+                    priority: req.priority,
+                    deadline_ms: req.timeout.map(|t| now + t.as_millis() as u64),
+                    arrival_ms: now,
+                };
+                if let Err(e) = self.sched.add(sreq) {
+                    self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    let _ = events.send(GenEvent::Error(e.to_string()));
+                    return;
+                }
+                let mut params = req.params.clone();
+                if params.seed.is_none() {
+                    params.seed = Some(id.wrapping_mul(0x9E37_79B9));
+                }
+                self.seqs.insert(
+                    id,
+                    SeqCtx {
+                        events,
+                        sampler: Sampler::new(params),
+                        decoder: OwnedStreamDecoder::new(self.tokenizer.clone(), false),
+                        stop: StopMatcher::new(req.params.stop.clone()),
+                        prompt_len: req.prompt.len(),
+                        history: req.prompt,
+                        max_tokens: req.params.max_tokens,
+                        ignore_eos: req.params.ignore_eos,
+                        cached_prompt_tokens: 0,
+                        submitted: at,
+                        first_token: None,
+                    },
+                );
+            }
+            Command::Abort(id) => {
+                if self.seqs.contains_key(&id) {
+                    self.sched.abort(id);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, id: RequestId, reason: FinishReason) {
+        if let Some(mut ctx) = self.seqs.remove(&id) {
+            ctx.finish(reason);
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn step(&mut self) {
+        let out = self.sched.schedule(self.now_ms());
+        for &(id, reason) in &out.aborted {
+            let r = match reason {
+                AbortReason::Cancelled | AbortReason::DeadlineExceeded => FinishReason::Cancelled,
+            };
+            self.end(id, r);
+        }
+        if out.scheduled.is_empty() {
+            // Nothing runnable (all ended or waiting for memory): commit the empty step.
+            self.sched.update(&out, &[], &[]);
+            return;
+        }
+        for s in &out.scheduled {
+            if s.cached_prompt_tokens > 0
+                && let Some(ctx) = self.seqs.get_mut(&s.id)
+            {
+                ctx.cached_prompt_tokens = s.cached_prompt_tokens;
+            }
+        }
+        let inputs: Vec<SeqInput> = out
+            .scheduled
+            .iter()
+            .map(|s| SeqInput {
+                tokens: &s.tokens,
+                start_pos: s.start_pos,
+                block_table: &s.block_table,
+                logits: if s.wants_logits {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                },
+            })
+            .collect();
+        let vocab = self.model.config().vocab_size;
+        let logits = match self
+            .model
+            .forward(&self.pool, &mut self.scratch, &mut self.kv, &inputs)
+        {
+            Ok(l) => l.to_vec(),
+            Err(e) => {
+                // A batch the model refuses is a bug upstream; fail its requests, keep serving.
+                let ids: Vec<RequestId> = out.scheduled.iter().map(|s| s.id).collect();
+                for &id in &ids {
+                    if let Some(ctx) = self.seqs.remove(&id) {
+                        let _ = ctx
+                            .events
+                            .send(GenEvent::Error(format!("forward pass failed: {e}")));
+                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                self.sched.update(&out, &[], &ids);
+                return;
+            }
+        };
+        let mut sampled = Vec::new();
+        let mut finished = Vec::new();
+        let mut ended = Vec::new();
+        let mut row = 0;
+        for s in out.scheduled.iter().filter(|s| s.wants_logits) {
+            let mut l = logits[row * vocab..(row + 1) * vocab].to_vec();
+            row += 1;
+            let Some(ctx) = self.seqs.get_mut(&s.id) else {
+                finished.push(s.id);
+                continue;
+            };
+            let tok = ctx.sampler.sample(&mut l, &ctx.history);
+            if ctx.first_token.is_none() {
+                ctx.first_token = Some(ctx.submitted.elapsed());
+            }
+            if !ctx.ignore_eos && self.stop_ids.contains(&tok) {
+                finished.push(s.id);
+                ended.push((s.id, FinishReason::Stop));
+                continue;
+            }
+            ctx.history.push(tok);
+            let piece = ctx.decoder.push(tok);
+            let (text, stopped) = match ctx.stop.push(&piece) {
+                StopOutcome::Stopped(t) => (t, true),
+                StopOutcome::Continue(t) => (t, false),
+            };
+            let alive = ctx.events.send(GenEvent::Token { id: tok, text }).is_ok();
+            sampled.push((s.id, tok));
+            if stopped {
+                finished.push(s.id);
+                ended.push((s.id, FinishReason::Stop));
+            } else if !alive {
+                finished.push(s.id);
+                ended.push((s.id, FinishReason::Cancelled));
+            } else if ctx.generated() >= ctx.max_tokens
+                || ctx.history.len() >= self.model.config().context_length
+            {
+                finished.push(s.id);
+                ended.push((s.id, FinishReason::Length));
+            }
+        }
+        let ended_by_sched = self.sched.update(&out, &sampled, &finished);
+        for (id, reason) in ended {
+            self.end(id, reason);
+        }
+        // Anything the scheduler ended on its own (its max_new_tokens bound) ends here too.
+        for id in ended_by_sched {
+            self.end(id, FinishReason::Length);
+        }
+    }
+}
