@@ -81,6 +81,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the OpenAI-compatible API (continuous batching, prefix caching, admission control).
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Requests allowed to wait beyond the running batch; past it, 429 at once.
+        #[arg(long, default_value_t = 64)]
+        max_queue: usize,
+        /// KV cache budget in MiB.
+        #[arg(long, default_value_t = 512)]
+        kv_cache_mb: usize,
+        /// Most sequences decoding together.
+        #[arg(long, default_value_t = 16)]
+        max_batch: usize,
+    },
     /// Manage models: list, pull, rm, info.
     Model {
         #[command(subcommand)]
@@ -258,6 +276,43 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Serve {
+            model,
+            host,
+            port,
+            max_queue,
+            kv_cache_mb,
+            max_batch,
+        } => {
+            let path = resolve(&model.model)?;
+            let loaded = autoglm_model::Model::load(&path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            let mut cfg = autoglm_engine::ServeConfig {
+                kv_cache_mb,
+                max_queue,
+                max_running: max_batch.max(1),
+                ..Default::default()
+            };
+            if let Some(t) = model.threads {
+                if t == 0 {
+                    bail!("--threads must be at least 1");
+                }
+                cfg.threads = t;
+            }
+            let addr: std::net::SocketAddr = format!("{host}:{port}")
+                .parse()
+                .with_context(|| format!("invalid address {host}:{port}"))?;
+            let state = autoglm_server::AppState::new(loaded, &model.model, cfg)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(autoglm_server::serve(state, addr, |a| {
+                eprintln!("serving {} on http://{a}/v1 (Ctrl-C to stop)", model.model);
+            }))?;
             Ok(())
         }
         Command::Model { command } => model_cmd::run(command),

@@ -45,6 +45,21 @@ pub enum EngineError {
     CacheFull { needed: usize, free: usize },
 }
 
+/// Prompt tokens for text: special-token text recognised, BOS added if the model wants it and
+/// the text does not already start with it (templates often write it themselves).
+pub fn prompt_tokens(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
+    let body = tokenizer.encode(text, true);
+    match tokenizer.bos_id() {
+        Some(bos) if tokenizer.add_bos() && body.first() != Some(&bos) => {
+            let mut ids = Vec::with_capacity(body.len() + 1);
+            ids.push(bos);
+            ids.extend(body);
+            ids
+        }
+        _ => body,
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -166,21 +181,9 @@ impl Engine {
         Ok(self.raw_prompt(&text))
     }
 
-    /// Prompt tokens for raw text: special-token text recognised, BOS added if the model wants
-    /// it and the text does not already start with it (templates often write it themselves).
+    /// Prompt tokens for raw text (see [`prompt_tokens`]).
     pub fn raw_prompt(&self, text: &str) -> Vec<u32> {
-        let mut ids = Vec::new();
-        if self.tokenizer.add_bos()
-            && let Some(bos) = self.tokenizer.bos_id()
-        {
-            ids.push(bos);
-        }
-        let body = self.tokenizer.encode(text, true);
-        if !ids.is_empty() && body.first() == ids.first() {
-            ids.clear();
-        }
-        ids.extend(body);
-        ids
+        prompt_tokens(&self.tokenizer, text)
     }
 
     /// Generates from one prompt. `on_text` receives text as it becomes final; returning false

@@ -156,6 +156,40 @@ enum Command {
 struct Shared {
     in_flight: AtomicUsize,
     next_id: AtomicU64,
+    refused: AtomicU64,
+    generated_tokens: AtomicU64,
+    prompt_tokens: AtomicU64,
+    steps: AtomicU64,
+    /// Gauges copied from the scheduler after every step.
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    last_batch: AtomicUsize,
+    blocks_total: AtomicUsize,
+    blocks_used: AtomicUsize,
+    blocks_cached: AtomicUsize,
+    prefix_lookup_tokens: AtomicU64,
+    prefix_hit_tokens: AtomicU64,
+    preemptions: AtomicU64,
+}
+
+/// A snapshot of the engine's counters and gauges, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub in_flight: usize,
+    pub waiting: usize,
+    pub running: usize,
+    /// Sequences in the last forward step.
+    pub last_batch: usize,
+    pub blocks_total: usize,
+    pub blocks_used: usize,
+    pub blocks_cached: usize,
+    pub refused: u64,
+    pub generated_tokens: u64,
+    pub prompt_tokens: u64,
+    pub steps: u64,
+    pub prefix_lookup_tokens: u64,
+    pub prefix_hit_tokens: u64,
+    pub preemptions: u64,
 }
 
 /// A cheap, cloneable way to submit work to the serving engine.
@@ -227,6 +261,27 @@ impl EngineHandle {
         &self.tokenizer
     }
 
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.shared;
+        let r = Ordering::Relaxed;
+        EngineStats {
+            in_flight: s.in_flight.load(r),
+            waiting: s.waiting.load(r),
+            running: s.running.load(r),
+            last_batch: s.last_batch.load(r),
+            blocks_total: s.blocks_total.load(r),
+            blocks_used: s.blocks_used.load(r),
+            blocks_cached: s.blocks_cached.load(r),
+            refused: s.refused.load(r),
+            generated_tokens: s.generated_tokens.load(r),
+            prompt_tokens: s.prompt_tokens.load(r),
+            steps: s.steps.load(r),
+            prefix_lookup_tokens: s.prefix_lookup_tokens.load(r),
+            prefix_hit_tokens: s.prefix_hit_tokens.load(r),
+            preemptions: s.preemptions.load(r),
+        }
+    }
+
     /// Requests submitted and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
@@ -249,6 +304,7 @@ impl EngineHandle {
         let in_flight = self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         if in_flight >= self.limit {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::Overloaded {
                 in_flight,
                 retry_after_ms: 1000,
@@ -512,6 +568,28 @@ impl Worker {
             }
         }
         let ended_by_sched = self.sched.update(&out, &sampled, &finished);
+        let r = Ordering::Relaxed;
+        let sh = &self.shared;
+        sh.steps.fetch_add(1, r);
+        sh.last_batch.store(out.scheduled.len(), r);
+        sh.generated_tokens.fetch_add(sampled.len() as u64, r);
+        sh.prompt_tokens.fetch_add(
+            out.scheduled
+                .iter()
+                .filter(|s| s.kind == autoglm_sched::StepKind::Prefill)
+                .map(|s| s.tokens.len() as u64)
+                .sum(),
+            r,
+        );
+        let st = self.sched.stats();
+        sh.waiting.store(st.waiting, r);
+        sh.running.store(st.running, r);
+        sh.blocks_total.store(st.blocks_total, r);
+        sh.blocks_used.store(st.blocks_used, r);
+        sh.blocks_cached.store(st.blocks_cached_free, r);
+        sh.prefix_lookup_tokens.store(st.prefix_lookup_tokens, r);
+        sh.prefix_hit_tokens.store(st.prefix_hit_tokens, r);
+        sh.preemptions.store(st.preemptions, r);
         for (id, reason) in ended {
             self.end(id, reason);
         }

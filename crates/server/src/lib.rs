@@ -1,0 +1,122 @@
+//! The HTTP face of Open-AutoGLM — the only crate that speaks HTTP and JSON wire types.
+//!
+//! [`app`] builds the axum router over an [`AppState`] (the serving engine's handle, the model's
+//! tokenizer and chat template), so tests drive it in-process with `tower::ServiceExt::oneshot`;
+//! [`serve`] binds it to a socket. Routes:
+//!
+//! - `POST /v1/chat/completions`, `POST /v1/completions`: OpenAI-compatible, streaming (server-sent
+//!   events) or not, with `usage` including cached prompt tokens.
+//! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text format).
+//!
+//! Every bad request gets a 4xx in OpenAI's error shape naming the problem; overload gets a 429
+//! with `Retry-After` at once; bodies are capped.
+
+mod error;
+mod routes;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use autoglm_engine::{EngineError, EngineHandle, ServeConfig};
+use autoglm_model::Model;
+use autoglm_tokenizer::{ChatTemplate, Tokenizer};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+/// Request bodies larger than this are refused (413) before parsing.
+pub const BODY_LIMIT: usize = 4 << 20;
+
+/// What every handler shares.
+pub struct AppState {
+    pub(crate) engine: EngineHandle,
+    pub(crate) tokenizer: Arc<Tokenizer>,
+    pub(crate) template: ChatTemplate,
+    pub(crate) model_name: String,
+    pub(crate) context_length: usize,
+    pub(crate) default_max_tokens: usize,
+    pub(crate) started: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Template(#[from] autoglm_tokenizer::TokenizerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Starts the serving engine on `model` and prepares the chat template (the file's, or a
+    /// built-in one for models without).
+    pub fn new(
+        model: Model,
+        model_name: &str,
+        cfg: ServeConfig,
+    ) -> Result<Arc<AppState>, ServerError> {
+        let tokenizer = Arc::new(Tokenizer::from_gguf(model.gguf())?);
+        let template = match ChatTemplate::from_gguf(model.gguf(), &tokenizer)? {
+            Some(t) => t,
+            None => ChatTemplate::builtin(model.config().arch.name(), &tokenizer)?,
+        };
+        let context_length = model.config().context_length;
+        let engine = EngineHandle::start(model, cfg)?;
+        Ok(Arc::new(AppState {
+            engine,
+            tokenizer,
+            template,
+            model_name: model_name.to_string(),
+            context_length,
+            default_max_tokens: 1024,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }))
+    }
+
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+}
+
+/// The router, ready for `oneshot` in tests or a listener.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/models", get(routes::models))
+        .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves until Ctrl-C. `on_ready` receives the bound address (port 0 picks a free one).
+pub async fn serve(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    on_ready(listener.local_addr()?);
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

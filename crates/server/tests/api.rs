@@ -1,0 +1,303 @@
+//! The OpenAI-compatible API driven in-process (`app()` with `oneshot`) on the default model:
+//! responses in OpenAI's shapes, streaming equal to non-streaming, and precise 4xx errors for
+//! bad input — never a 5xx.
+
+use std::sync::{Arc, OnceLock};
+
+use autoglm_engine::ServeConfig;
+use autoglm_model::Model;
+use autoglm_server::{AppState, app};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn state() -> Arc<AppState> {
+    static STATE: OnceLock<Arc<AppState>> = OnceLock::new();
+    STATE
+        .get_or_init(|| {
+            let model =
+                Model::load(autoglm_testkit::model_path("smollm2-135m")).expect("model loads");
+            AppState::new(
+                model,
+                "smollm2-135m",
+                ServeConfig {
+                    threads: 2,
+                    ..Default::default()
+                },
+            )
+            .expect("state")
+        })
+        .clone()
+}
+
+async fn call(
+    method: &str,
+    uri: &str,
+    body: Option<String>,
+) -> (StatusCode, Vec<(String, String)>, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, Body::from))
+        .unwrap();
+    let resp = app(state()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+async fn post(uri: &str, body: Value) -> (StatusCode, String) {
+    let (s, _, b) = call("POST", uri, Some(body.to_string())).await;
+    (s, b)
+}
+
+#[tokio::test]
+async fn chat_completion_shape_and_usage() {
+    let (status, body) = post(
+        "/v1/chat/completions",
+        json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": "What is 2+2?"}],
+               "temperature": 0, "max_tokens": 16}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(
+        !v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(["stop", "length"].contains(&v["choices"][0]["finish_reason"].as_str().unwrap()));
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"],
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(u["prompt_tokens_details"]["cached_tokens"].is_u64());
+}
+
+#[tokio::test]
+async fn streaming_equals_non_streaming() {
+    let req = json!({"messages": [{"role": "user", "content": "Name three colours."}], "temperature": 0, "max_tokens": 24});
+    let (_, plain) = post("/v1/chat/completions", req.clone()).await;
+    let plain: Value = serde_json::from_str(&plain).unwrap();
+    let mut sreq = req;
+    sreq["stream"] = json!(true);
+    sreq["stream_options"] = json!({"include_usage": true});
+    let (status, headers, body) =
+        call("POST", "/v1/chat/completions", Some(sreq.to_string())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream"))
+    );
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let mut text = String::new();
+    let mut finish = None;
+    let mut usage = None;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(c);
+        }
+        if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+            finish = Some(f.to_string());
+        }
+        if v.get("usage").is_some() {
+            usage = Some(v["usage"].clone());
+        }
+    }
+    assert_eq!(
+        text,
+        plain["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(
+        finish.as_deref(),
+        plain["choices"][0]["finish_reason"].as_str()
+    );
+    assert_eq!(
+        usage.unwrap()["completion_tokens"],
+        plain["usage"]["completion_tokens"]
+    );
+}
+
+#[tokio::test]
+async fn text_completions_models_health_metrics() {
+    let (status, body) = post(
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "temperature": 0, "max_tokens": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["choices"][0]["text"].is_string());
+
+    let (status, _, body) = call("GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"][0]["id"], "smollm2-135m");
+
+    let (status, _, body) = call("GET", "/health", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    );
+
+    let (status, _, body) = call("GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for m in [
+        "autoglm_queue_depth",
+        "autoglm_batch_size",
+        "autoglm_kv_blocks_used",
+        "autoglm_prefix_cache_hit_rate",
+        "autoglm_generated_tokens_total",
+    ] {
+        assert!(
+            body.contains(&format!("\n{m} ")),
+            "metrics lack {m}:\n{body}"
+        );
+    }
+}
+
+/// (body, expected status, expected param (or null), text the message must contain)
+#[tokio::test]
+async fn bad_requests_get_precise_openai_errors() {
+    let chat = "/v1/chat/completions";
+    let msg = json!([{"role": "user", "content": "hi"}]);
+    let cases: Vec<(&str, String, StatusCode, Value, &str)> = vec![
+        (
+            chat,
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            "invalid request body",
+        ),
+        (
+            chat,
+            json!({"messages": "hi"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            "invalid request body",
+        ),
+        (
+            chat,
+            json!({"model": "gpt-9", "messages": msg}).to_string(),
+            StatusCode::NOT_FOUND,
+            json!("model"),
+            "gpt-9",
+        ),
+        (
+            chat,
+            json!({"messages": []}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("messages"),
+            "empty",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("messages[0].role"),
+            "wizard",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user"}]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("messages[0].content"),
+            "required",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "temperature": -1}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("temperature"),
+            "temperature",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "top_p": 0}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("top_p"),
+            "top_p",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "max_tokens": 0}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("max_tokens"),
+            "at least 1",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "n": 2}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("n"),
+            "n = 1",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "priority": "urgent"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("priority"),
+            "urgent",
+        ),
+        (
+            chat,
+            json!({"messages": [{"role": "user", "content": "word ".repeat(9000)}]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("messages"),
+            "context",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": 5}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("prompt"),
+            "string",
+        ),
+        (
+            "/v1/nothing",
+            "{}".into(),
+            StatusCode::NOT_FOUND,
+            Value::Null,
+            "no such route",
+        ),
+    ];
+    for (uri, body, status, param, text) in cases {
+        let (s, _, b) = call("POST", uri, Some(body.clone())).await;
+        assert_eq!(s, status, "{uri} {body:.80}: {b}");
+        let v: Value = serde_json::from_str(&b).unwrap_or_else(|_| panic!("not JSON: {b}"));
+        assert_eq!(v["error"]["param"], param, "{body:.80}: {b}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{body:.80}: {b}"
+        );
+        assert!(v["error"]["type"].is_string());
+    }
+    // Oversized bodies are refused before parsing.
+    let huge = "x".repeat(autoglm_server::BODY_LIMIT + 1);
+    let (s, _, _) = call("POST", chat, Some(huge)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
