@@ -273,3 +273,60 @@ fn a_model_without_a_chat_template_gets_a_builtin_one() {
         stderr(&o)
     );
 }
+
+/// `autoglm serve` on a free port, driven by the official `openai` Python package
+/// (`scripts/openai_client_check.py`). CI installs the package; elsewhere the test says how to
+/// get it and skips.
+#[test]
+fn serve_works_with_the_official_openai_client() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let has_openai = Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install the openai package (python3 -m pip install openai)"
+        );
+        eprintln!("skipping: python3 -m pip install openai to run this test");
+        return;
+    }
+    ensure("smollm2-135m");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args(["serve", "--port", "0", "--threads", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server_err = server.stderr.take().unwrap();
+    let server = Kill(server);
+    // "serving smollm2-135m on http://127.0.0.1:PORT/v1 (Ctrl-C to stop)"
+    let url = BufReader::new(server_err)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_string)
+        })
+        .expect("server prints its address");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/openai_client_check.py"
+    );
+    let o = Command::new("python3")
+        .args([script, &url])
+        .output()
+        .expect("python runs");
+    drop(server);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("unknown model: ok"), "{}", stdout(&o));
+}
