@@ -529,10 +529,8 @@ impl Worker {
         let mut sampled = Vec::new();
         let mut finished = Vec::new();
         let mut ended = Vec::new();
-        let mut row = 0;
-        for s in out.scheduled.iter().filter(|s| s.wants_logits) {
+        for (row, s) in out.scheduled.iter().filter(|s| s.wants_logits).enumerate() {
             let mut l = logits[row * vocab..(row + 1) * vocab].to_vec();
-            row += 1;
             let Some(ctx) = self.seqs.get_mut(&s.id) else {
                 finished.push(s.id);
                 continue;

@@ -406,7 +406,6 @@ fn sse(
     };
     let events = futures_util::stream::unfold(state, move |mut s| {
         let chunk = chunk.clone();
-        let delta = delta.clone();
         async move {
             loop {
                 match s.phase {
