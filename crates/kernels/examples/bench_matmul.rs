@@ -5,7 +5,9 @@
 //! Pass `--all` for more types and backends.
 
 use autoglm_kernels::quantize::quantize_row;
-use autoglm_kernels::{Backend, DType, MatmulScratch, QMatrix, ThreadPool, matmul_with};
+use autoglm_kernels::{
+    Backend, DType, MatmulScratch, PackedMatrix, QMatrix, ThreadPool, matmul_packed, matmul_with,
+};
 use std::time::Instant;
 
 fn lcg(seed: &mut u64) -> f32 {
@@ -30,6 +32,18 @@ fn best_of(batches: usize, iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn bench(dtype: DType, rows: usize, cols: usize, n: usize, threads: usize, backend: Backend) {
+    bench_impl(dtype, rows, cols, n, threads, backend, false)
+}
+
+fn bench_impl(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    threads: usize,
+    backend: Backend,
+    packed: bool,
+) {
     let mut seed = 42u64;
     let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
     let mut data = Vec::with_capacity(dtype.row_bytes(cols).unwrap() * rows);
@@ -43,8 +57,10 @@ fn bench(dtype: DType, rows: usize, cols: usize, n: usize, threads: usize, backe
     let pool = ThreadPool::new(threads);
     let flops = 2.0 * rows as f64 * cols as f64 * n as f64;
     let iters = ((2e8 / flops) as usize).clamp(3, 20_000);
-    let t = best_of(15, iters, || {
-        matmul_with(backend, &pool, &m, &x, n, &mut out, &mut scratch)
+    let pm = packed.then(|| PackedMatrix::pack(&pool, &m).unwrap());
+    let t = best_of(40, iters, || match &pm {
+        Some(pm) => matmul_packed(&pool, pm, &x, n, &mut out, &mut scratch),
+        None => matmul_with(backend, &pool, &m, &x, n, &mut out, &mut scratch),
     });
     println!(
         "{:<5} {:>6}x{:<5} n={:<3} threads={} {:<11} {:>9.1} us {:>7.1} GFLOP/s",
@@ -53,7 +69,11 @@ fn bench(dtype: DType, rows: usize, cols: usize, n: usize, threads: usize, backe
         cols,
         n,
         threads,
-        format!("{backend:?}"),
+        if packed {
+            "packed".to_string()
+        } else {
+            format!("{backend:?}")
+        },
         t * 1e6,
         flops / t / 1e9
     );
@@ -63,6 +83,75 @@ fn main() {
     let all = std::env::args().any(|a| a == "--all");
     let best = Backend::detect();
     println!("backend detected: {best:?}");
+    let args: Vec<String> = std::env::args().collect();
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("NOAMX").is_some() {
+        autoglm_kernels::set_amx_enabled(false);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--one") {
+        // --one DTYPE ROWS COLS N THREADS packed|plain
+        let dtype = DType::ALL
+            .into_iter()
+            .find(|d| d.name() == args[i + 1])
+            .expect("dtype");
+        let p = |j: usize| args[i + j].parse::<usize>().expect("number");
+        bench_impl(dtype, p(2), p(3), p(4), p(5), best, args[i + 6] == "packed");
+        return;
+    }
+    if std::env::args().any(|a| a == "--pack") {
+        for dtype in [DType::Q4_1, DType::Q8_0, DType::Q5_0] {
+            let (rows, cols) = (32768, 576);
+            let mut seed = 1u64;
+            let proto: Vec<u8> = (0..64)
+                .flat_map(|_| {
+                    let r: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+                    quantize_row(dtype, &r).unwrap()
+                })
+                .collect();
+            let data: Vec<u8> = proto
+                .iter()
+                .copied()
+                .cycle()
+                .take(proto.len() / 64 * rows)
+                .collect();
+            let m = QMatrix::new(dtype, rows, cols, &data).unwrap();
+            for threads in [1, 2] {
+                let pool = ThreadPool::new(threads);
+                let mut best = f64::MAX;
+                for _ in 0..10 {
+                    let t = Instant::now();
+                    let p = PackedMatrix::pack(&pool, &m).unwrap();
+                    best = best.min(t.elapsed().as_secs_f64());
+                    drop(p);
+                }
+                println!(
+                    "pack {dtype} {rows}x{cols} ({:.1} MB) threads={threads}: {:.2} ms ({:.2} GB/s)",
+                    data.len() as f64 / 1e6,
+                    best * 1e3,
+                    data.len() as f64 / best / 1e9
+                );
+            }
+        }
+        return;
+    }
+    if std::env::args().any(|a| a == "--report") {
+        // The shapes of SmolLM2-135M's hot matrices, on 2 threads.
+        for (dtype, rows, cols) in [
+            (DType::Q4_1, 1536, 576),
+            (DType::Q4_1, 576, 1536),
+            (DType::Q8_0, 49152, 576),
+        ] {
+            for n in [1, 16, 512] {
+                if !std::env::args().any(|a| a == "--packed-only") {
+                    bench(dtype, rows, cols, n, 2, best);
+                }
+                if PackedMatrix::pays_off() {
+                    bench_impl(dtype, rows, cols, n, 2, best, true);
+                }
+            }
+        }
+        return;
+    }
     for (rows, cols) in [(1536, 576), (576, 1536)] {
         for n in [1, 16] {
             for threads in [1, 2] {

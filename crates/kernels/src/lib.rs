@@ -5,6 +5,10 @@
 //! - [`DType`]: the GGML type table (ids, block sizes) the GGUF reader validates against.
 //! - [`QMatrix`] + [`matmul`]: weight matrices borrowed straight from the file, multiplied by a
 //!   batch of f32 activation rows; [`dequantize_row`] for embedding lookups.
+//! - [`PackedMatrix`]: a copy repacked at load time (16 rows interleaved per group) for the
+//!   AVX-512 VNNI and AMX kernels, several times faster where the CPU has them
+//!   ([`PackedMatrix::pays_off`]); [`matmul_many`] multiplies one activation batch by several
+//!   matrices (plain or packed, [`MatRef`]) with one quantisation and one pool run.
 //! - [`ops`]: norms, activations, softmax and BLAS-1 helpers for the forward pass.
 //! - [`ThreadPool`]: persistent fork-join workers that `matmul` splits rows across.
 //! - [`quantize`]: reference quantisers, so tests anywhere can build valid tensors.
@@ -21,19 +25,28 @@
 //! llama.cpp run is only expected for types it runs through `vec_dot`, such as Q4_1, Q5_0,
 //! Q8_0 and Q6_K.)
 //!
+//! Packed matrices keep those integer results but sum the per-block products in one f32 per
+//! (row, activation row) instead of eight lanes, so they differ from the plain kernels (and
+//! from llama.cpp) only in float summation order; see `packed.rs`.
+//!
 //! # SIMD selection
 //! [`Backend::detect`] picks the best kernel family once per process (AVX-VNNI, AVX-512 VNNI,
-//! AVX2, or scalar). Every family has a portable scalar twin that agrees within float
+//! AVX2, or scalar). Packed matrices run on AVX-512 VNNI (and AMX for 16 or more activation
+//! rows) whenever the CPU has it and the backend is not scalar, else on their scalar twin. Every family has a portable scalar twin that agrees within float
 //! rounding. [`set_force_scalar`] moves the whole process to the scalar path; [`matmul_with`]
 //! and the `ops::*_with` functions take a backend per call, which is what the tests use to
 //! compare paths.
 //!
 //! # `unsafe`
-//! Used only for SIMD intrinsics (plus one two-instruction `asm!` f16 conversion, see
-//! `x86.rs`), for handing a borrowed job to the pool's workers, and for the pool threads'
-//! disjoint writes into the matmul output; each site carries a SAFETY comment. The SIMD kernels
+//! Used for SIMD intrinsics (plus one two-instruction `asm!` f16 conversion, see `x86.rs`, and
+//! the AMX instructions and one system call in `amx.rs`), for handing a borrowed job to the
+//! pool's workers, for the pool threads' disjoint writes into the matmul output, the
+//! activation buffer and a packed matrix being built, and for that matrix's aligned
+//! allocation; each site carries a SAFETY comment. The SIMD kernels
 //! assert every slice length they rely on before using raw pointers.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod cpu;
 pub mod dtype;
 mod error;
@@ -41,16 +54,25 @@ pub mod f16;
 mod kernels_scalar;
 mod matmul;
 pub mod ops;
+mod packed;
 mod pool;
 mod quant;
 pub mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_packed;
 
+#[cfg(target_arch = "x86_64")]
+pub use amx::set_amx_enabled;
 pub use cpu::{Backend, force_scalar, set_force_scalar};
 pub use dtype::DType;
 pub use error::KernelError;
-pub use matmul::{MatmulScratch, matmul, matmul_with};
+pub use matmul::{
+    AMX_MIN_ROWS, MatRef, MatmulScratch, matmul, matmul_many, matmul_many_with, matmul_packed,
+    matmul_with,
+};
+pub use packed::PackedMatrix;
 pub use pool::{DEFAULT_SPIN, ThreadPool};
 
 /// A weight matrix as stored in GGUF: `rows` output features, each row `cols` contiguous

@@ -183,7 +183,7 @@ impl ActKind {
         }
     }
 
-    fn block(self) -> usize {
+    pub(crate) fn block(self) -> usize {
         match self {
             ActKind::F32 => 1,
             ActKind::Q8_0 | ActKind::Q8_1 => QK,
@@ -200,6 +200,13 @@ pub(crate) struct ActBuf {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub bsums: Vec<i16>,
+    /// Q8_0 only: minus the sum of each block's quants (exact), which the packed kernels use to
+    /// undo the offset they add to signed weights (see `packed.rs`).
+    pub nsum: Vec<i32>,
+    /// `d` (and for Q8_1 `s`) transposed, block-major (`[b * rows + i]`), for the AMX kernels,
+    /// which scale 16 rows of one block at a time. Filled by `transpose_scales`.
+    pub dt: Vec<f32>,
+    pub st: Vec<f32>,
 }
 
 fn grow<T: Default + Clone>(v: &mut Vec<T>, len: usize) {
@@ -207,6 +214,17 @@ fn grow<T: Default + Clone>(v: &mut Vec<T>, len: usize) {
         v.resize(len, T::default());
     }
 }
+
+/// An empty buffer, for views of f32 activations.
+pub(crate) static EMPTY_ACT: ActBuf = ActBuf {
+    qs: Vec::new(),
+    d: Vec::new(),
+    s: Vec::new(),
+    bsums: Vec::new(),
+    nsum: Vec::new(),
+    dt: Vec::new(),
+    st: Vec::new(),
+};
 
 impl ActBuf {
     /// Makes room for `n` rows of `cols` activations of `kind`.
@@ -217,11 +235,51 @@ impl ActBuf {
         let nb = cols / kind.block();
         grow(&mut self.qs, n * cols);
         grow(&mut self.d, n * nb);
+        if kind == ActKind::Q8_0 {
+            grow(&mut self.nsum, n * nb);
+        }
         if kind == ActKind::Q8_1 {
             grow(&mut self.s, n * nb);
         }
         if kind == ActKind::Q8K {
             grow(&mut self.bsums, n * nb * 16);
+        }
+    }
+
+    /// Zeroes rows `n0..n1` (already reserved), so that kernels working on whole tiles of
+    /// rows can read past the last real row.
+    pub(crate) fn zero_rows(&mut self, kind: ActKind, n0: usize, n1: usize, cols: usize) {
+        if kind == ActKind::F32 || n0 >= n1 {
+            return;
+        }
+        let nb = cols / kind.block();
+        self.qs[n0 * cols..n1 * cols].fill(0);
+        self.d[n0 * nb..n1 * nb].fill(0.0);
+        match kind {
+            ActKind::Q8_0 => self.nsum[n0 * nb..n1 * nb].fill(0),
+            ActKind::Q8_1 => self.s[n0 * nb..n1 * nb].fill(0.0),
+            ActKind::Q8K => self.bsums[n0 * nb * 16..n1 * nb * 16].fill(0),
+            ActKind::F32 => {}
+        }
+    }
+
+    /// Fills `dt`/`st` from the first `n` rows' `d`/`s` (Q8_0 and Q8_1 only).
+    pub(crate) fn transpose_scales(&mut self, kind: ActKind, n: usize, cols: usize) {
+        if !matches!(kind, ActKind::Q8_0 | ActKind::Q8_1) {
+            return;
+        }
+        let nb = cols / QK;
+        let transpose = |src: &[f32], dst: &mut Vec<f32>| {
+            grow(dst, n * nb);
+            for (i, row) in src[..n * nb].chunks_exact(nb).enumerate() {
+                for (col, &v) in dst[..n * nb].chunks_exact_mut(n).zip(row) {
+                    col[i] = v;
+                }
+            }
+        };
+        transpose(&self.d, &mut self.dt);
+        if kind == ActKind::Q8_1 {
+            transpose(&self.s, &mut self.st);
         }
     }
 
@@ -238,6 +296,10 @@ impl ActBuf {
             d: &self.d[..if kind == ActKind::F32 { 0 } else { n * nb }],
             s: &self.s[..if kind == ActKind::Q8_1 { n * nb } else { 0 }],
             bsums: &self.bsums[..if kind == ActKind::Q8K { n * nb * 16 } else { 0 }],
+            nsum: &self.nsum[..if kind == ActKind::Q8_0 { n * nb } else { 0 }],
+            dt: &self.dt[..self.dt.len().min(n * nb)],
+            st: &self.st[..self.st.len().min(n * nb)],
+            rows: n,
             f: x,
             cols,
             nb,
@@ -252,6 +314,12 @@ pub(crate) struct QAct<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub bsums: &'a [i16],
+    pub nsum: &'a [i32],
+    /// Transposed scales (see `ActBuf::dt`); empty unless prepared for AMX.
+    pub dt: &'a [f32],
+    pub st: &'a [f32],
+    /// Rows in the view (including zero padding rows).
+    pub rows: usize,
     pub f: &'a [f32],
     pub cols: usize,
     /// Scale blocks per row (32 for Q8_0/Q8_1, 256 for Q8_K, 1 element for F32).
@@ -276,6 +344,10 @@ impl<'a> QAct<'a> {
         &self.bsums[i * self.nb * 16..(i + 1) * self.nb * 16]
     }
     #[inline]
+    pub fn nsum_row(&self, i: usize) -> &'a [i32] {
+        &self.nsum[i * self.nb..(i + 1) * self.nb]
+    }
+    #[inline]
     pub fn f_row(&self, i: usize) -> &'a [f32] {
         &self.f[i * self.cols..(i + 1) * self.cols]
     }
@@ -298,14 +370,17 @@ fn q8_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     (round_f16(d), d)
 }
 
-/// Scalar Q8_0 quantisation of one row (`x.len()` a multiple of 32).
-pub(crate) fn quantize_q8_0_row(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
-    for ((xb, qb), db) in x
+/// Scalar Q8_0 quantisation of one row (`x.len()` a multiple of 32), with minus each block's
+/// quant sum into `nsum` (as long as `d`).
+pub(crate) fn quantize_q8_0_row(x: &[f32], qs: &mut [i8], d: &mut [f32], nsum: &mut [i32]) {
+    for (((xb, qb), db), ns) in x
         .chunks_exact(QK)
         .zip(qs.chunks_exact_mut(QK))
         .zip(d.iter_mut())
+        .zip(nsum.iter_mut())
     {
         *db = q8_block(xb, qb).0;
+        *ns = -qb.iter().map(|&q| q as i32).sum::<i32>();
     }
 }
 
@@ -364,7 +439,9 @@ pub(crate) fn quantize_q8_k_row(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: 
     }
 }
 
-/// Scalar activation quantisation of `n` rows into `buf`.
+/// Scalar activation quantisation of `n` rows into `buf` (the reference the SIMD quantiser is
+/// tested against).
+#[cfg(test)]
 pub(crate) fn quantize_acts_scalar(
     kind: ActKind,
     x: &[f32],
@@ -382,7 +459,7 @@ pub(crate) fn quantize_acts_scalar(
         let d = &mut buf.d[i * nb..(i + 1) * nb];
         match kind {
             ActKind::F32 => unreachable!(),
-            ActKind::Q8_0 => quantize_q8_0_row(xr, qs, d),
+            ActKind::Q8_0 => quantize_q8_0_row(xr, qs, d, &mut buf.nsum[i * nb..(i + 1) * nb]),
             ActKind::Q8_1 => quantize_q8_1_row(xr, qs, d, &mut buf.s[i * nb..(i + 1) * nb]),
             ActKind::Q8K => {
                 quantize_q8_k_row(xr, qs, d, &mut buf.bsums[i * nb * 16..(i + 1) * nb * 16])
@@ -410,7 +487,9 @@ mod tests {
         x[2] = 0.25;
         let mut q = [0i8; 32];
         let mut d = [0f32; 1];
-        quantize_q8_0_row(&x, &mut q, &mut d);
+        let mut ns = [0i32; 1];
+        quantize_q8_0_row(&x, &mut q, &mut d, &mut ns);
+        assert_eq!(ns[0], -(127 - 64 + 32));
         assert_eq!(q[0], 127);
         assert_eq!(q[1], -64); // -63.5 rounds to even
         assert_eq!(q[2], 32); // 31.75

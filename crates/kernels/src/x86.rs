@@ -16,6 +16,9 @@ use std::arch::x86_64::*;
 use crate::matmul::TILE_OUT;
 use crate::quant::QAct;
 
+/// How far ahead of the rows in use the small-batch kernels prefetch weights, in bytes.
+const PF_DIST: usize = 4096;
+
 /// Instantiates a kernel generic over the activation tile height for `cnt` in 1..=4.
 macro_rules! dispatch_n {
     ($f:ident, $cnt:expr, $($arg:expr),*) => {
@@ -179,6 +182,13 @@ macro_rules! legacy_kernels {
                     let row = w.as_ptr().add(r * rb);
                     let mut acc = [[_mm256_setzero_ps(); N]; R];
                     for b in 0..nb {
+                        if N <= 2 {
+                            let pf = row.wrapping_add(PF_DIST + b * R * BB);
+                            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+                            if R * BB > 64 {
+                                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64) as *const i8);
+                            }
+                        }
                         let mut d0 = [_mm256_setzero_ps(); R];
                         let mut qx = [_mm256_setzero_si256(); R];
                         let mut ax = [_mm256_setzero_si256(); R];
@@ -232,6 +242,10 @@ macro_rules! legacy_kernels {
                     let mut acc = [[_mm256_setzero_ps(); N]; R];
                     let mut summs = [[_mm_setzero_ps(); N]; R];
                     for b in 0..nb {
+                        if N <= 2 {
+                            let pf = row.wrapping_add(PF_DIST + b * R * 20);
+                            _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+                        }
                         let mut dm = [_mm_setzero_ps(); R];
                         let mut d0 = [_mm256_setzero_ps(); R];
                         let mut qx = [_mm256_setzero_si256(); R];
@@ -872,6 +886,85 @@ pub(crate) mod avx2 {
         unsafe { dispatch_n!(bf16_n, cnt, w, rb, nrows, act, i0, out) }
     }
 
+    /// `f16::round_f16` in two F16C instructions (both round to nearest even).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn round_f16_f16c(v: f32) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
+            _mm_set_ss(v),
+        )))
+    }
+
+    /// `quant::quantize_q8_k_row` (ggml's `quantize_row_q8_K_ref`) with AVX2, bit-identical:
+    /// the scale comes from the first element of largest magnitude, `nearest_int` is
+    /// `cvtps2dq` under the default round-to-nearest-even mode (exact for |v| <= 127).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn quantize_q8_k_row(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+        let nb = x.len() / 256;
+        assert!(qs.len() >= nb * 256 && d.len() >= nb && bsums.len() >= nb * 16);
+        let sign = _mm256_set1_ps(-0.0);
+        for b in 0..nb {
+            let xb = &x[256 * b..256 * b + 256];
+            // SAFETY: xb has 256 floats, so 32 vectors of 8.
+            let v: [__m256; 32] =
+                std::array::from_fn(|j| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * j)) });
+            let mut m = _mm256_setzero_ps();
+            for vj in &v {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vj));
+            }
+            let mut m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            let amax = _mm_cvtss_f32(m4);
+            let qb = &mut qs[256 * b..256 * b + 256];
+            let bs = &mut bsums[16 * b..16 * b + 16];
+            if amax == 0.0 {
+                d[b] = 0.0;
+                qb.fill(0);
+                bs.fill(0);
+                continue;
+            }
+            // The first element whose magnitude is amax gives the sign.
+            let am = _mm256_set1_ps(amax);
+            let mut max = amax;
+            for (j, vj) in v.iter().enumerate() {
+                let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, *vj), am);
+                let bits = _mm256_movemask_ps(eq);
+                if bits != 0 {
+                    max = xb[8 * j + bits.trailing_zeros() as usize];
+                    break;
+                }
+            }
+            let iscale = -127.0 / max;
+            let is = _mm256_set1_ps(iscale);
+            let lim = _mm256_set1_epi32(127);
+            let shuf = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            for c in 0..8 {
+                // 32 values: four vectors of 8.
+                let q: [__m256i; 4] = std::array::from_fn(|k| {
+                    _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(is, v[4 * c + k])), lim)
+                });
+                let s0 = _mm256_add_epi32(q[0], q[1]);
+                let s1 = _mm256_add_epi32(q[2], q[3]);
+                // Horizontal sums of 16 values each: after two hadds lanes 0/4 hold halves of
+                // s0's sum and lanes 1/5 halves of s1's.
+                let h = _mm256_hadd_epi32(s0, s1);
+                let h = _mm256_hadd_epi32(h, h);
+                let lo = _mm256_castsi256_si128(h);
+                let hi = _mm256_extracti128_si256::<1>(h);
+                let t = _mm_add_epi32(lo, hi);
+                bs[2 * c] = _mm_cvtsi128_si32(t) as i16;
+                bs[2 * c + 1] = _mm_extract_epi32::<1>(t) as i16;
+                let a = _mm256_packs_epi32(q[0], q[1]);
+                let bb = _mm256_packs_epi32(q[2], q[3]);
+                let p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, bb), shuf);
+                // SAFETY: 32 bytes at 32c inside the block's 256 quants.
+                unsafe { _mm256_storeu_si256(qb.as_mut_ptr().add(32 * c) as *mut __m256i, p) };
+            }
+            d[b] = 1.0 / iscale;
+        }
+    }
+
     /// ggml's AVX2 `quantize_row_q8_0` / `quantize_row_q8_1` for one row (`x.len()` a multiple
     /// of 32; `qs` as long, `d` (and `s` if given) one entry per block). Bit-identical to
     /// `quant::quantize_q8_0_row` / `quantize_q8_1_row`, only faster.
@@ -881,11 +974,15 @@ pub(crate) mod avx2 {
         qs: &mut [i8],
         d: &mut [f32],
         mut s: Option<&mut [f32]>,
+        mut nsum: Option<&mut [i32]>,
     ) {
         let nb = x.len() / 32;
         assert!(qs.len() >= nb * 32 && d.len() >= nb);
         if let Some(s) = s.as_deref() {
             assert!(s.len() >= nb);
+        }
+        if let Some(ns) = nsum.as_deref() {
+            assert!(ns.len() >= nb);
         }
         let sign = _mm256_set1_ps(-0.0);
         for i in 0..nb {
@@ -911,19 +1008,25 @@ pub(crate) mod avx2 {
             m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
             let amax = _mm_cvtss_f32(m4);
             let dd = amax / 127.0;
-            d[i] = crate::f16::round_f16(dd);
+            d[i] = round_f16_f16c(dd);
             let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
             const RN: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
             let i0 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v[0], id)));
             let i1 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v[1], id)));
             let i2 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v[2], id)));
             let i3 = _mm256_cvtps_epi32(_mm256_round_ps::<RN>(_mm256_mul_ps(v[3], id)));
-            if let Some(s) = s.as_deref_mut() {
+            if s.is_some() || nsum.is_some() {
                 let t = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
                 let t = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
                 let t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
                 let t = _mm_add_epi32(t, _mm_shuffle_epi32::<0b10_11_00_01>(t));
-                s[i] = crate::f16::round_f16(dd * _mm_cvtsi128_si32(t) as f32);
+                let sum = _mm_cvtsi128_si32(t);
+                if let Some(s) = s.as_deref_mut() {
+                    s[i] = round_f16_f16c(dd * sum as f32);
+                }
+                if let Some(ns) = nsum.as_deref_mut() {
+                    ns[i] = -sum;
+                }
             }
             let a = _mm256_packs_epi32(i0, i1);
             let b = _mm256_packs_epi32(i2, i3);

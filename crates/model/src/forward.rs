@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use autoglm_kernels::{MatmulScratch, ThreadPool, matmul, ops};
+use autoglm_kernels::{MatmulScratch, ThreadPool, matmul_many, ops};
 
 use crate::weights::Mat;
 use crate::{Activation, KvCache, Model, ModelError, attention, rope};
@@ -160,7 +160,7 @@ impl Model {
         resize(&mut s.up, n * c.n_ff);
 
         let mm = |m: &Mat, x: &[f32], out: &mut [f32], ms: &mut MatmulScratch| {
-            matmul(pool, &m.view(file), x, n, out, ms);
+            matmul_many(pool, &[m.mref(file)], x, n, &mut [out], ms);
         };
 
         for (il, layer) in w.layers.iter().enumerate() {
@@ -169,9 +169,19 @@ impl Model {
             for (x, xn) in s.x.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
                 ops::rms_norm(x, &layer.attn_norm, c.rms_eps, xn);
             }
-            mm(&layer.wq, &s.xn, &mut s.q, &mut s.matmul);
-            mm(&layer.wk, &s.xn, &mut s.k, &mut s.matmul);
-            mm(&layer.wv, &s.xn, &mut s.v, &mut s.matmul);
+            // Q, K and V share one activation quantisation and one pool run.
+            matmul_many(
+                pool,
+                &[
+                    layer.wq.mref(file),
+                    layer.wk.mref(file),
+                    layer.wv.mref(file),
+                ],
+                &s.xn,
+                n,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+                &mut s.matmul,
+            );
             let tables = if swa && need_local {
                 &s.rope_local
             } else {
@@ -234,8 +244,15 @@ impl Model {
             for (x, xn) in s.x.chunks_exact(e).zip(s.xn.chunks_exact_mut(e)) {
                 ops::rms_norm(x, &layer.ffn_norm, c.rms_eps, xn);
             }
-            mm(&layer.gate, &s.xn, &mut s.gate, &mut s.matmul);
-            mm(&layer.up, &s.xn, &mut s.up, &mut s.matmul);
+            // Gate and up share one activation quantisation and one pool run.
+            matmul_many(
+                pool,
+                &[layer.gate.mref(file), layer.up.mref(file)],
+                &s.xn,
+                n,
+                &mut [&mut s.gate, &mut s.up],
+                &mut s.matmul,
+            );
             match c.activation {
                 Activation::SiluGlu => ops::silu_mul_inplace(&mut s.gate, &s.up),
                 Activation::GeluGlu => ops::gelu_tanh_mul_inplace(&mut s.gate, &s.up),
@@ -274,12 +291,12 @@ impl Model {
         }
         resize(&mut s.logits, n_out * c.vocab_size);
         if n_out > 0 {
-            matmul(
+            matmul_many(
                 pool,
-                &w.output.view(file),
+                &[w.output.mref(file)],
                 &s.logits_in,
                 n_out,
-                &mut s.logits,
+                &mut [&mut s.logits],
                 &mut s.matmul,
             );
         }

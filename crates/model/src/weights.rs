@@ -1,9 +1,13 @@
 //! Tensor lookup: finds each weight the architecture needs by its GGUF name, checks its shape
 //! and type once at load time, and keeps only its location so that the forward pass can view it
-//! in the memory map without copying. Small F32 vectors (norm weights) are copied out.
+//! in the memory map without copying. Small F32 vectors (norm weights) are copied out, and on
+//! CPUs whose kernels profit from it (AVX-512 VNNI) the matrices of the forward pass get a
+//! repacked copy (`Mat::packed`, about their size again in memory).
+
+use std::sync::Arc;
 
 use autoglm_gguf::{DType, GgufFile, TensorInfo};
-use autoglm_kernels::QMatrix;
+use autoglm_kernels::{MatRef, PackedMatrix, QMatrix, ThreadPool};
 
 use crate::{ModelConfig, ModelError};
 
@@ -13,6 +17,9 @@ pub(crate) struct Mat {
     pub info: TensorInfo,
     pub rows: usize,
     pub cols: usize,
+    /// A copy repacked for the CPU's fastest kernels, when the type has a packed layout and
+    /// this CPU profits from it (built once at load, see [`Weights::pack`]).
+    pub packed: Option<Arc<PackedMatrix>>,
 }
 
 impl Mat {
@@ -22,6 +29,14 @@ impl Mat {
             rows: self.rows,
             cols: self.cols,
             data: file.tensor_data(&self.info),
+        }
+    }
+
+    /// The matrix for a product: the packed copy if there is one, else the mapped bytes.
+    pub fn mref<'a>(&'a self, file: &'a GgufFile) -> MatRef<'a> {
+        match &self.packed {
+            Some(p) => MatRef::Packed(p),
+            None => MatRef::Plain(self.view(file)),
         }
     }
 }
@@ -76,6 +91,7 @@ fn mat(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Mat, Mod
         info: t.clone(),
         rows,
         cols,
+        packed: None,
     })
 }
 
@@ -108,6 +124,12 @@ fn opt_vector(file: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>
         Ok(None)
     }
 }
+
+/// The largest output projection worth a packed copy. Only the rows that want logits (usually
+/// one per sequence) multiply it, where the plain kernels stream it almost as fast, so for a
+/// large vocabulary (Gemma 3: 168 MiB) the copy would cost more load time and memory than it
+/// saves.
+const MAX_PACKED_OUTPUT_BYTES: usize = 64 << 20;
 
 impl Weights {
     pub fn load(file: &GgufFile, c: &ModelConfig) -> Result<Weights, ModelError> {
@@ -158,11 +180,47 @@ impl Weights {
                 },
             });
         }
-        Ok(Weights {
+        let mut w = Weights {
             tok_embd,
             output,
             output_norm,
             layers,
-        })
+        };
+        w.pack(file)?;
+        Ok(w)
+    }
+
+    /// Repacks every matrix multiplied in the forward pass whose type has a packed layout, if
+    /// this CPU runs packed matrices faster (the embedding table keeps only its mapped bytes:
+    /// it is only read a row at a time; a tied output projection gets its own packed copy,
+    /// unless it is larger than [`MAX_PACKED_OUTPUT_BYTES`]). Packed copies add about the
+    /// matrices' size in memory.
+    fn pack(&mut self, file: &GgufFile) -> Result<(), ModelError> {
+        if !PackedMatrix::pays_off() {
+            return Ok(());
+        }
+        let pool = ThreadPool::default();
+        let mut mats: Vec<&mut Mat> = Vec::new();
+        if file.tensor_data(&self.output.info).len() <= MAX_PACKED_OUTPUT_BYTES {
+            mats.push(&mut self.output);
+        }
+        for l in &mut self.layers {
+            mats.extend([
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]);
+        }
+        mats.retain(|m| PackedMatrix::supports(m.info.dtype));
+        let views: Vec<_> = mats.iter().map(|m| m.view(file)).collect();
+        let packed = PackedMatrix::pack_many(&pool, &views)?;
+        for (m, p) in mats.into_iter().zip(packed) {
+            m.packed = Some(Arc::new(p));
+        }
+        Ok(())
     }
 }
