@@ -435,11 +435,7 @@ impl SeqState<'_> {
         i: usize,
         on_text: &mut dyn FnMut(usize, &str) -> bool,
     ) {
-        let mut rest = self.decoder.flush();
-        rest = match self.stop.push(&rest) {
-            StopOutcome::Stopped(t) => t,
-            StopOutcome::Continue(t) => t + &self.stop.finish(),
-        };
+        let rest = self.stop.close(&self.decoder.flush());
         self.emit(i, &rest, on_text);
         self.finish = Some(reason);
         self.decode_time = self.decode_start.elapsed();

@@ -357,11 +357,7 @@ impl SeqCtx {
     }
 
     fn finish(&mut self, reason: FinishReason) {
-        let mut rest = self.decoder.flush();
-        rest = match self.stop.push(&rest) {
-            StopOutcome::Stopped(t) => t,
-            StopOutcome::Continue(t) => t + &self.stop.finish(),
-        };
+        let rest = self.stop.close(&self.decoder.flush());
         if !rest.is_empty() {
             let _ = self.events.send(GenEvent::Token {
                 id: u32::MAX,

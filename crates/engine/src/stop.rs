@@ -57,6 +57,15 @@ impl StopMatcher {
         StopOutcome::Continue(out)
     }
 
+    /// Ends the stream with a last piece of text (the decoder's flushed tail): what is still
+    /// held back is released unless the tail completes a stop string.
+    pub fn close(&mut self, tail: &str) -> String {
+        match self.push(tail) {
+            StopOutcome::Stopped(t) => t,
+            StopOutcome::Continue(t) => t + &self.finish(),
+        }
+    }
+
     /// Releases whatever is held back (generation ended for another reason).
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
