@@ -7,18 +7,28 @@
 
 mod bench;
 mod blocks;
+mod constraint;
+mod metrics;
 mod sampling;
 mod serve;
 mod stop;
+mod tools;
 
 pub use autoglm_sched::Priority;
 pub use bench::{BenchConfig, BenchResult, median};
 pub use blocks::BlockAllocator;
+pub use constraint::{Constraint, ConstraintCompiler, Grammar, compact_json};
+pub use metrics::{HistogramSnapshot, LATENCY_BUCKETS};
 pub use sampling::{Rng, Sampler, SamplingParams, argmax};
 pub use serve::{
-    EngineHandle, GenEvent, GenRequest, GenStream, GenSummary, ServeConfig, SubmitError,
+    EngineHandle, EngineStats, GenEvent, GenRequest, GenStream, GenSummary, ServeConfig,
+    SubmitError, TokenLogprob,
 };
 pub use stop::{StopMatcher, StopOutcome};
+pub use tools::{
+    TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCall, ToolChoice, ToolSpec, answer_grammar, close_objects,
+    format_call, messages_with_tools, parse_tool_calls, tools_prompt, validate_tools,
+};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,6 +51,8 @@ pub enum EngineError {
     PromptTooLong { prompt: usize, context: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("invalid constraint: {0}")]
+    Constraint(String),
     #[error("KV cache exhausted: {needed} blocks needed, {free} free (raise the cache size)")]
     CacheFull { needed: usize, free: usize },
 }

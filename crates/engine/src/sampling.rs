@@ -28,6 +28,8 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many alternatives (0..=20).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -45,6 +47,7 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -98,6 +101,14 @@ impl SamplingParams {
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return bad("stop", "strings must not be empty");
+        }
+        if let Some(k) = self.logprobs
+            && k > MAX_TOP_LOGPROBS
+        {
+            return bad(
+                "top_logprobs",
+                &format!("must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+            );
         }
         Ok(())
     }
@@ -235,6 +246,33 @@ impl Sampler {
     }
 }
 
+/// Most alternatives a token's log-probability report may list (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The log-probability of `tok` under `logits` and the `k` most likely tokens with theirs.
+pub(crate) fn logprobs_of(logits: &[f32], tok: u32, k: usize) -> crate::TokenLogprob {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let lp = |l: f32| l - lse;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < k || l > top[top.len() - 1].1 {
+                let at = top.partition_point(|&(_, x)| x >= l);
+                top.insert(at, (i as u32, l));
+                top.truncate(k);
+            }
+        }
+    }
+    crate::TokenLogprob {
+        logprob: logits
+            .get(tok as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: top.into_iter().map(|(i, l)| (i, lp(l))).collect(),
+    }
+}
+
 fn softmax_in_place(c: &mut [(u32, f32)], temperature: f32) {
     let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
@@ -367,6 +405,30 @@ mod tests {
             "0.1 total is not enough"
         );
         assert_eq!(s.sample(&mut logits(), &[1, 1, 1]), 4, "0.15 total is");
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_ranked() {
+        let l = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        let r = logprobs_of(&l, 2, 3);
+        let total: f32 = l.iter().map(|&x| (x - 3.0).exp()).sum();
+        let expect = |x: f32| x - 3.0 - total.ln();
+        assert!((r.logprob - expect(2.0)).abs() < 1e-5);
+        // Ties keep the lower id first.
+        assert_eq!(r.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 2]);
+        assert!((r.top[0].1 - expect(3.0)).abs() < 1e-5);
+        assert!(logprobs_of(&l, 0, 0).top.is_empty());
+        let too_many = SamplingParams {
+            logprobs: Some(21),
+            ..SamplingParams::default()
+        };
+        assert!(
+            too_many
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("top_logprobs")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use autoglm_kernels::ThreadPool;
@@ -18,7 +18,11 @@ use autoglm_model::{ForwardScratch, KvCache, LogitsWanted, Model, SeqInput};
 use autoglm_sched::{AbortReason, Priority, Request, RequestId, Scheduler, SchedulerConfig};
 use autoglm_tokenizer::{OwnedStreamDecoder, Tokenizer};
 
-use crate::{EngineError, FinishReason, Sampler, SamplingParams, StopMatcher, StopOutcome};
+use crate::metrics::{Histogram, RateWindow};
+use crate::{
+    Constraint, ConstraintCompiler, EngineError, FinishReason, Grammar, Sampler, SamplingParams,
+    StopMatcher, StopOutcome,
+};
 
 /// Settings of the serving engine.
 #[derive(Debug, Clone)]
@@ -59,13 +63,42 @@ pub struct GenRequest {
     pub priority: Priority,
     /// Abort if not finished within this time.
     pub timeout: Option<Duration>,
+    /// Output must match this compiled grammar; the request ends when the grammar is complete.
+    pub constraint: Option<Constraint>,
+}
+
+impl GenRequest {
+    /// An interactive request without deadline or constraint.
+    pub fn new(prompt: Vec<u32>, params: SamplingParams) -> GenRequest {
+        GenRequest {
+            prompt,
+            params,
+            priority: Priority::Interactive,
+            timeout: None,
+            constraint: None,
+        }
+    }
+}
+
+/// The model's log-probability of a generated token and of the most likely alternatives
+/// (taken from the model's distribution, before penalties and constraints).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    /// Best first; as many as `SamplingParams::logprobs` asked for.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// What a stream yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
-    /// Newly final text and the token that completed it (text may be empty mid-character).
-    Token { id: u32, text: String },
+    /// Newly final text and the token that completed it (text may be empty mid-character);
+    /// `logprob` when the request asked for log-probabilities.
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
     /// The end; no event follows.
     Done(GenSummary),
     /// Refused after submission (e.g. it can never fit the cache); no event follows.
@@ -144,7 +177,7 @@ impl Drop for GenStream {
 enum Command {
     Submit {
         id: RequestId,
-        req: GenRequest,
+        req: Box<GenRequest>,
         events: tokio::sync::mpsc::UnboundedSender<GenEvent>,
         at: Instant,
     },
@@ -170,10 +203,18 @@ struct Shared {
     prefix_lookup_tokens: AtomicU64,
     prefix_hit_tokens: AtomicU64,
     preemptions: AtomicU64,
+    /// Submission to first token, and between consecutive tokens of a sequence.
+    ttft: Histogram,
+    itl: Histogram,
+    /// f64 bits: generated tokens per second over the last few seconds.
+    tokens_per_second: AtomicU64,
+    /// Time spent computing grammar masks, and how many tokens were masked.
+    mask_us: AtomicU64,
+    masked_tokens: AtomicU64,
 }
 
 /// A snapshot of the engine's counters and gauges, for metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineStats {
     pub in_flight: usize,
     pub waiting: usize,
@@ -190,6 +231,13 @@ pub struct EngineStats {
     pub prefix_lookup_tokens: u64,
     pub prefix_hit_tokens: u64,
     pub preemptions: u64,
+    pub ttft: crate::metrics::HistogramSnapshot,
+    pub itl: crate::metrics::HistogramSnapshot,
+    /// Generated tokens per second over the last few seconds.
+    pub tokens_per_second: f64,
+    /// Tokens generated under a grammar, and the time their masks took.
+    pub masked_tokens: u64,
+    pub mask_seconds: f64,
 }
 
 /// A cheap, cloneable way to submit work to the serving engine.
@@ -200,6 +248,8 @@ pub struct EngineHandle {
     tokenizer: Arc<Tokenizer>,
     context_length: usize,
     limit: usize,
+    /// Built on first use: most servers never see a constrained request.
+    compiler: Arc<OnceLock<Result<ConstraintCompiler, String>>>,
 }
 
 impl EngineHandle {
@@ -240,6 +290,7 @@ impl EngineHandle {
             stop_ids: tokenizer.stop_ids().to_vec(),
             shared: shared.clone(),
             epoch: Instant::now(),
+            rate: RateWindow::new(Duration::from_secs(5)),
             model,
         };
         std::thread::Builder::new()
@@ -254,11 +305,37 @@ impl EngineHandle {
             tokenizer,
             context_length,
             limit: cfg.max_queue + cfg.max_running,
+            compiler: Arc::new(OnceLock::new()),
         })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
+    }
+
+    /// Builds the grammar compiler in the background (about a second for a 262k-token
+    /// vocabulary), so the first constrained request does not wait for it.
+    pub fn prepare_constraints(&self) {
+        let h = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("autoglm-grammar".into())
+            .spawn(move || {
+                let _ = h.compiler.get_or_init(|| {
+                    ConstraintCompiler::new(h.tokenizer.clone()).map_err(|e| e.to_string())
+                });
+            });
+    }
+
+    /// Compiles a grammar for this model's tokenizer, on the calling thread (milliseconds for
+    /// a typical schema; the first call also builds the token trie).
+    pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
+        self.compiler
+            .get_or_init(|| {
+                ConstraintCompiler::new(self.tokenizer.clone()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| EngineError::Constraint(e.clone()))?
+            .compile(grammar)
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -279,6 +356,11 @@ impl EngineHandle {
             prefix_lookup_tokens: s.prefix_lookup_tokens.load(r),
             prefix_hit_tokens: s.prefix_hit_tokens.load(r),
             preemptions: s.preemptions.load(r),
+            ttft: s.ttft.snapshot(),
+            itl: s.itl.snapshot(),
+            tokens_per_second: f64::from_bits(s.tokens_per_second.load(r)),
+            masked_tokens: s.masked_tokens.load(r),
+            mask_seconds: s.mask_us.load(r) as f64 / 1e6,
         }
     }
 
@@ -314,7 +396,7 @@ impl EngineHandle {
         let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
         let cmd = Command::Submit {
             id,
-            req,
+            req: Box::new(req),
             events: etx,
             at: Instant::now(),
         };
@@ -347,8 +429,10 @@ struct SeqCtx {
     max_tokens: usize,
     ignore_eos: bool,
     cached_prompt_tokens: usize,
+    constraint: Option<Constraint>,
     submitted: Instant,
     first_token: Option<Duration>,
+    last_token: Option<Instant>,
 }
 
 impl SeqCtx {
@@ -362,6 +446,7 @@ impl SeqCtx {
             let _ = self.events.send(GenEvent::Token {
                 id: u32::MAX,
                 text: rest,
+                logprob: None,
             });
         }
         let _ = self.events.send(GenEvent::Done(GenSummary {
@@ -386,6 +471,7 @@ struct Worker {
     stop_ids: Vec<u32>,
     shared: Arc<Shared>,
     epoch: Instant,
+    rate: RateWindow,
 }
 
 impl Worker {
@@ -447,8 +533,10 @@ impl Worker {
                         max_tokens: req.params.max_tokens,
                         ignore_eos: req.params.ignore_eos,
                         cached_prompt_tokens: 0,
+                        constraint: req.constraint,
                         submitted: at,
                         first_token: None,
+                        last_token: None,
                     },
                 );
             }
@@ -525,15 +613,49 @@ impl Worker {
         let mut sampled = Vec::new();
         let mut finished = Vec::new();
         let mut ended = Vec::new();
+        let mut failed: Vec<(RequestId, String)> = Vec::new();
         for (row, s) in out.scheduled.iter().filter(|s| s.wants_logits).enumerate() {
             let mut l = logits[row * vocab..(row + 1) * vocab].to_vec();
             let Some(ctx) = self.seqs.get_mut(&s.id) else {
                 finished.push(s.id);
                 continue;
             };
+            // Log-probabilities describe the model, so they are taken before any masking.
+            let raw = ctx.sampler.params().logprobs.map(|k| (l.clone(), k));
+            // The last eighth of the budget (at most 24 tokens) is spent closing structures.
+            let left = ctx.max_tokens.saturating_sub(ctx.generated());
+            let wrap_up = left <= (ctx.max_tokens / 8).clamp(1, 24);
+            let t_mask = Instant::now();
+            let masked = ctx.constraint.as_mut().map(|c| c.apply(&mut l, wrap_up));
+            if masked.is_some() {
+                self.shared
+                    .mask_us
+                    .fetch_add(t_mask.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.shared.masked_tokens.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(Err(e)) = masked {
+                failed.push((s.id, e.to_string()));
+                finished.push(s.id);
+                continue;
+            }
             let tok = ctx.sampler.sample(&mut l, &ctx.history);
-            if ctx.first_token.is_none() {
-                ctx.first_token = Some(ctx.submitted.elapsed());
+            let now = Instant::now();
+            match ctx.last_token {
+                None => {
+                    let ttft = now - ctx.submitted;
+                    ctx.first_token = Some(ttft);
+                    self.shared.ttft.observe(ttft);
+                }
+                Some(prev) => self.shared.itl.observe(now - prev),
+            }
+            ctx.last_token = Some(now);
+            let logprob = raw.map(|(raw, k)| crate::sampling::logprobs_of(&raw, tok, k));
+            if let Some(c) = ctx.constraint.as_mut()
+                && let Err(e) = c.commit(tok)
+            {
+                failed.push((s.id, e.to_string()));
+                finished.push(s.id);
+                continue;
             }
             if !ctx.ignore_eos && self.stop_ids.contains(&tok) {
                 finished.push(s.id);
@@ -546,9 +668,17 @@ impl Worker {
                 StopOutcome::Stopped(t) => (t, true),
                 StopOutcome::Continue(t) => (t, false),
             };
-            let alive = ctx.events.send(GenEvent::Token { id: tok, text }).is_ok();
+            let alive = ctx
+                .events
+                .send(GenEvent::Token {
+                    id: tok,
+                    text,
+                    logprob,
+                })
+                .is_ok();
             sampled.push((s.id, tok));
-            if stopped {
+            let complete = ctx.constraint.as_ref().is_some_and(Constraint::is_complete);
+            if stopped || complete {
                 finished.push(s.id);
                 ended.push((s.id, FinishReason::Stop));
             } else if !alive {
@@ -584,8 +714,18 @@ impl Worker {
         sh.prefix_lookup_tokens.store(st.prefix_lookup_tokens, r);
         sh.prefix_hit_tokens.store(st.prefix_hit_tokens, r);
         sh.preemptions.store(st.preemptions, r);
+        let now = Instant::now();
+        self.rate.record(now, sampled.len() as u64);
+        sh.tokens_per_second
+            .store(self.rate.per_second(now).to_bits(), r);
         for (id, reason) in ended {
             self.end(id, reason);
+        }
+        for (id, message) in failed {
+            if let Some(ctx) = self.seqs.remove(&id) {
+                let _ = ctx.events.send(GenEvent::Error(message));
+                self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         // Anything the scheduler ended on its own (its max_new_tokens bound) ends here too.
         for id in ended_by_sched {

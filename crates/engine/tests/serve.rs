@@ -17,12 +17,7 @@ fn handle(cfg: ServeConfig) -> EngineHandle {
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenRequest {
-    GenRequest {
-        prompt,
-        params: SamplingParams::greedy(max_tokens),
-        priority: Priority::Interactive,
-        timeout: None,
-    }
+    GenRequest::new(prompt, SamplingParams::greedy(max_tokens))
 }
 
 fn wait_idle(h: &EngineHandle) {
@@ -169,6 +164,7 @@ fn dropped_stream_and_timeout_free_the_request() {
             params: long.clone(),
             priority: Priority::Batch,
             timeout: None,
+            constraint: None,
         })
         .unwrap();
     assert!(matches!(s.next_blocking(), Some(GenEvent::Token { .. })));
@@ -181,6 +177,7 @@ fn dropped_stream_and_timeout_free_the_request() {
             params: long,
             priority: Priority::Batch,
             timeout: Some(Duration::from_millis(50)),
+            constraint: None,
         })
         .unwrap();
     let (_, summary) = s.collect_blocking().unwrap();

@@ -11,6 +11,7 @@
 //! Every bad request gets a 4xx in OpenAI's error shape naming the problem; overload gets a 429
 //! with `Retry-After` at once; bodies are capped.
 
+mod answer;
 mod error;
 mod routes;
 mod wire;
@@ -72,6 +73,7 @@ impl AppState {
         };
         let context_length = model.config().context_length;
         let engine = EngineHandle::start(model, cfg)?;
+        engine.prepare_constraints();
         Ok(Arc::new(AppState {
             engine,
             tokenizer,

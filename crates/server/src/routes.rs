@@ -1,26 +1,25 @@
 //! Request handlers: parse and validate the wire request into an engine request (TGI's
 //! validated-request boundary), submit it, and answer as JSON or as a server-sent event stream.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use autoglm_engine::{
-    FinishReason, GenEvent, GenRequest, GenStream, GenSummary, Priority, SamplingParams,
-    SubmitError,
+    Constraint, GenRequest, GenStream, Grammar, HistogramSnapshot, Priority, SamplingParams,
+    SubmitError, ToolChoice, ToolSpec, answer_grammar, messages_with_tools, validate_tools,
 };
 use autoglm_tokenizer::ChatMessage;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::answer::{AnswerSpec, respond};
 use crate::error::ApiError;
-use crate::wire::{ChatRequest, CompletionRequest, Content, PromptTokensDetails, Sampling, Usage};
+use crate::wire::{ChatRequest, CompletionRequest, Content, Sampling};
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
@@ -39,6 +38,9 @@ struct Job {
     priority: Priority,
     stream: bool,
     include_usage: bool,
+    constraint: Option<Constraint>,
+    /// Tool calls are to be read out of the answer.
+    tool_calls: bool,
 }
 
 impl AppState {
@@ -50,7 +52,7 @@ impl AppState {
         }
     }
 
-    fn job(&self, prompt: Vec<u32>, s: &Sampling) -> Result<Job, ApiError> {
+    fn job(&self, prompt: Vec<u32>, s: &Sampling, chat: bool) -> Result<Job, ApiError> {
         if prompt.len() >= self.context_length {
             return Err(ApiError::bad_param(
                 "messages",
@@ -69,16 +71,7 @@ impl AppState {
                 format!("only n = 1 is supported, got {n}"),
             ));
         }
-        if s.logprobs
-            .as_ref()
-            .is_some_and(|v| v != &Value::Bool(false) && !v.is_null())
-            || s.top_logprobs.is_some()
-        {
-            return Err(ApiError::bad_param(
-                "logprobs",
-                "logprobs are not supported yet",
-            ));
-        }
+        let logprobs = logprobs(s, chat)?;
         let room = self.context_length - prompt.len();
         let max_tokens = match s.max_completion_tokens.or(s.max_tokens) {
             None => room.min(self.default_max_tokens),
@@ -112,6 +105,7 @@ impl AppState {
             seed: s.seed,
             max_tokens,
             stop: s.stop.clone().map(|x| x.into_vec()).unwrap_or_default(),
+            logprobs,
             ..SamplingParams::default()
         };
         params.validate().map_err(|e| {
@@ -142,16 +136,19 @@ impl AppState {
             priority,
             stream: s.stream.unwrap_or(false),
             include_usage: s.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            constraint: None,
+            tool_calls: false,
         })
     }
 
-    fn submit(&self, job: &Job) -> Result<GenStream, ApiError> {
+    fn submit(&self, job: &mut Job) -> Result<GenStream, ApiError> {
         self.engine
             .submit(GenRequest {
-                prompt: job.prompt.clone(),
+                prompt: std::mem::take(&mut job.prompt),
                 params: job.params.clone(),
                 priority: job.priority,
                 timeout: None,
+                constraint: job.constraint.take(),
             })
             .map_err(|e| match e {
                 SubmitError::Overloaded { retry_after_ms, .. } => ApiError::Overloaded {
@@ -225,38 +222,27 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(&body)?;
     st.check_model(req.model.as_deref())?;
-    if req
-        .tools
-        .as_ref()
-        .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
+    let tools = tool_specs(req.tools.as_ref())?;
+    let choice = tool_choice(req.tool_choice.as_ref(), !tools.is_empty())?;
+    validate_tools(&tools, &choice).map_err(|e| {
+        let param = if e.to_string().contains("tool_choice") {
+            "tool_choice"
+        } else {
+            "tools"
+        };
+        ApiError::bad_param(param, e.to_string().replace("invalid constraint: ", ""))
+    })?;
+    let answer_schema = response_schema(req.response_format.as_ref())?;
+    let mut msgs = messages(&req)?;
+    // Neither catalogue template knows tools: describe them in the system message and write
+    // earlier calls and results in the format the grammar produces.
+    if !tools.is_empty()
+        || msgs
+            .iter()
+            .any(|m| m.role == "tool" || m.tool_calls.is_some())
     {
-        return Err(ApiError::bad_param(
-            "tools",
-            "tool calling is not supported by this server yet (it needs constrained decoding)",
-        ));
+        msgs = messages_with_tools(&msgs, &tools);
     }
-    if req
-        .tool_choice
-        .as_ref()
-        .is_some_and(|c| !c.is_null() && c.as_str().is_none_or(|s| s != "none" && s != "auto"))
-    {
-        return Err(ApiError::bad_param(
-            "tool_choice",
-            "tool calling is not supported by this server yet (it needs constrained decoding)",
-        ));
-    }
-    if let Some(rf) = &req.response_format
-        && rf
-            .get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t != "text")
-    {
-        return Err(ApiError::bad_param(
-            "response_format",
-            "response_format other than text is not supported yet",
-        ));
-    }
-    let msgs = messages(&req)?;
     let text = st.template.render(&msgs, None, true).map_err(|e| {
         ApiError::bad_param(
             "messages",
@@ -264,9 +250,177 @@ pub(crate) async fn chat_completions(
         )
     })?;
     let prompt = autoglm_engine::prompt_tokens(&st.tokenizer, &text);
-    let job = st.job(prompt, &req.sampling)?;
-    let stream = st.submit(&job)?;
-    respond(&st, job, stream, true).await
+    let mut job = st.job(prompt, &req.sampling, true)?;
+    let parallel = req.parallel_tool_calls.unwrap_or(true);
+    if let Some(grammar) = answer_grammar(&tools, &choice, parallel, answer_schema.as_ref()) {
+        let param = if tools.is_empty() || choice == ToolChoice::None {
+            "response_format"
+        } else {
+            "tools"
+        };
+        job.constraint = Some(compile(&st, grammar, param).await?);
+    }
+    job.tool_calls = !tools.is_empty() && choice != ToolChoice::None;
+    let stream = st.submit(&mut job)?;
+    respond(answer_spec(&st, &job, &stream, true), stream).await
+}
+
+/// Compiles off the async runtime: a large schema, or the first grammar (which builds the
+/// token trie), takes milliseconds.
+async fn compile(st: &Arc<AppState>, g: Grammar, param: &str) -> Result<Constraint, ApiError> {
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || st2.engine.compile(&g))
+        .await
+        .map_err(|e| ApiError::Internal(format!("grammar compilation failed: {e}")))?
+        .map_err(|e| ApiError::bad_param(param, e.to_string()))
+}
+
+fn answer_spec(st: &AppState, job: &Job, stream: &GenStream, chat: bool) -> AnswerSpec {
+    AnswerSpec {
+        id: format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, stream.id()),
+        created: unix_now(),
+        model: st.model_name.clone(),
+        chat,
+        stream: job.stream,
+        include_usage: job.include_usage,
+        tool_calls: job.tool_calls,
+        logprobs: job.params.logprobs.is_some(),
+        tokenizer: st.tokenizer.clone(),
+    }
+}
+
+/// `logprobs`/`top_logprobs` into the number of alternatives to report (None = no logprobs).
+/// Chat: `logprobs: true` with `top_logprobs` 0..=20; completions: `logprobs` 0..=20.
+fn logprobs(s: &Sampling, chat: bool) -> Result<Option<usize>, ApiError> {
+    let top = match &s.top_logprobs {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= 20 => Some(n as usize),
+            _ => {
+                return Err(ApiError::bad_param(
+                    "top_logprobs",
+                    format!("top_logprobs must be an integer from 0 to 20, got {v}"),
+                ));
+            }
+        },
+    };
+    let lp = match (&s.logprobs, chat) {
+        (None | Some(Value::Null), _) => None,
+        (Some(Value::Bool(b)), true) => b.then_some(top.unwrap_or(0)),
+        (Some(v), false) if v.as_u64().is_some_and(|n| n <= 20) => v.as_u64().map(|n| n as usize),
+        (Some(v), true) => {
+            return Err(ApiError::bad_param(
+                "logprobs",
+                format!("logprobs must be true or false, got {v}"),
+            ));
+        }
+        (Some(v), false) => {
+            return Err(ApiError::bad_param(
+                "logprobs",
+                format!("logprobs must be an integer from 0 to 20, got {v}"),
+            ));
+        }
+    };
+    if chat && top.is_some() && lp.is_none() {
+        return Err(ApiError::bad_param(
+            "top_logprobs",
+            "top_logprobs requires logprobs: true",
+        ));
+    }
+    Ok(lp)
+}
+
+/// OpenAI's `tools`: a list of `{"type": "function", "function": {name, description,
+/// parameters}}`.
+fn tool_specs(v: Option<&Value>) -> Result<Vec<ToolSpec>, ApiError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad_param("tools", "tools must be a list")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let bad = |m: &str| ApiError::bad_param(&format!("tools[{i}]"), m.to_string());
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(bad("only tools of type \"function\" are supported"));
+            }
+            let f = t
+                .get("function")
+                .ok_or_else(|| bad("a function tool needs a \"function\" object"))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("function.name is required"))?;
+            Ok(ToolSpec {
+                name: name.to_string(),
+                description: f
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                parameters: f.get("parameters").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}
+
+fn tool_choice(v: Option<&Value>, have_tools: bool) -> Result<ToolChoice, ApiError> {
+    let bad = |v: &Value| {
+        ApiError::bad_param(
+            "tool_choice",
+            format!(
+                "tool_choice must be \"none\", \"auto\", \"required\" or \
+                 {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {v}"
+            ),
+        )
+    };
+    Ok(match v {
+        None | Some(Value::Null) if have_tools => ToolChoice::Auto,
+        None | Some(Value::Null) => ToolChoice::None,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            _ => return Err(bad(v.unwrap_or(&Value::Null))),
+        },
+        Some(o @ Value::Object(_)) => match o
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(n) if o.get("type").and_then(Value::as_str) == Some("function") => {
+                ToolChoice::Named(n.to_string())
+            }
+            _ => return Err(bad(o)),
+        },
+        Some(other) => return Err(bad(other)),
+    })
+}
+
+/// `response_format` into the schema a JSON answer must match (None = free text).
+fn response_schema(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(rf) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |m: String| ApiError::bad_param("response_format", m);
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "object"}))),
+        Some("json_schema") => {
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| bad("json_schema.schema is required".into()))?;
+            if !schema.is_object() {
+                return Err(bad("json_schema.schema must be a JSON Schema object".into()));
+            }
+            Ok(Some(schema.clone()))
+        }
+        other => Err(bad(format!(
+            "response_format.type must be text, json_object or json_schema, got {}",
+            other.map_or("nothing".to_string(), |t| format!("{t:?}"))
+        ))),
+    }
 }
 
 pub(crate) async fn completions(
@@ -291,161 +445,9 @@ pub(crate) async fn completions(
         return Err(ApiError::bad_param("prompt", "prompt must not be empty"));
     }
     let prompt = autoglm_engine::prompt_tokens(&st.tokenizer, &text);
-    let job = st.job(prompt, &req.sampling)?;
-    let stream = st.submit(&job)?;
-    respond(&st, job, stream, false).await
-}
-
-fn finish_reason(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        // A cancelled generation only reaches a client that is still there when a deadline
-        // passed; OpenAI has no better word.
-        FinishReason::Cancelled => "stop",
-    }
-}
-
-fn usage(s: &GenSummary) -> Usage {
-    Usage {
-        prompt_tokens: s.prompt_tokens,
-        completion_tokens: s.completion_tokens,
-        total_tokens: s.prompt_tokens + s.completion_tokens,
-        prompt_tokens_details: PromptTokensDetails {
-            cached_tokens: s.cached_prompt_tokens,
-        },
-    }
-}
-
-async fn respond(
-    st: &AppState,
-    job: Job,
-    mut stream: GenStream,
-    chat: bool,
-) -> Result<Response, ApiError> {
-    let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, stream.id());
-    let created = unix_now();
-    let model = st.model_name.clone();
-    if job.stream {
-        return Ok(sse(stream, id, created, model, chat, job.include_usage).into_response());
-    }
-    let mut text = String::new();
-    loop {
-        match stream.next().await {
-            Some(GenEvent::Token { text: t, .. }) => text.push_str(&t),
-            Some(GenEvent::Done(s)) => {
-                let choice = if chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null,
-                           "finish_reason": finish_reason(s.finish)})
-                } else {
-                    json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(s.finish)})
-                };
-                let body = json!({
-                    "id": id,
-                    "object": if chat { "chat.completion" } else { "text_completion" },
-                    "created": created,
-                    "model": model,
-                    "choices": [choice],
-                    "usage": usage(&s),
-                });
-                return Ok(axum::Json(body).into_response());
-            }
-            Some(GenEvent::Error(e)) => return Err(ApiError::bad(e)),
-            None => return Err(ApiError::Unavailable("the engine stopped".into())),
-        }
-    }
-}
-
-/// Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. If the client goes
-/// away, the stream (and with it the request) is dropped and the engine frees its blocks.
-fn sse(
-    gen_stream: GenStream,
-    id: String,
-    created: u64,
-    model: String,
-    chat: bool,
-    include_usage: bool,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    struct S {
-        g: GenStream,
-        phase: u8,
-        usage: Option<Usage>,
-    }
-    let object = if chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    let chunk = move |choice: Value, usage: Option<&Usage>| {
-        let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]});
-        if let Some(u) = usage {
-            v["choices"] = json!([]);
-            v["usage"] = json!(u);
-        }
-        Event::default().data(v.to_string())
-    };
-    let delta = move |content: Option<&str>, role: bool, finish: Option<&str>| {
-        if chat {
-            let mut d = json!({});
-            if role {
-                d["role"] = json!("assistant");
-                d["content"] = json!("");
-            }
-            if let Some(c) = content {
-                d["content"] = json!(c);
-            }
-            json!({"index": 0, "delta": d, "logprobs": null, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": content.unwrap_or(""), "logprobs": null, "finish_reason": finish})
-        }
-    };
-    let state = S {
-        g: gen_stream,
-        phase: if chat { 0 } else { 1 },
-        usage: None,
-    };
-    let events = futures_util::stream::unfold(state, move |mut s| {
-        let chunk = chunk.clone();
-        async move {
-            loop {
-                match s.phase {
-                    0 => {
-                        s.phase = 1;
-                        return Some((Ok(chunk(delta(None, true, None), None)), s));
-                    }
-                    1 => match s.g.next().await {
-                        Some(GenEvent::Token { text, .. }) if text.is_empty() => continue,
-                        Some(GenEvent::Token { text, .. }) => {
-                            return Some((Ok(chunk(delta(Some(&text), false, None), None)), s));
-                        }
-                        Some(GenEvent::Done(sum)) => {
-                            s.usage = Some(usage(&sum));
-                            s.phase = if include_usage { 2 } else { 3 };
-                            let fin = finish_reason(sum.finish);
-                            return Some((Ok(chunk(delta(None, false, Some(fin)), None)), s));
-                        }
-                        Some(GenEvent::Error(e)) => {
-                            s.phase = 3;
-                            let body = json!({"error": {"message": e, "type": "invalid_request_error", "param": null, "code": null}});
-                            return Some((Ok(Event::default().data(body.to_string())), s));
-                        }
-                        None => s.phase = 3,
-                    },
-                    2 => {
-                        s.phase = 3;
-                        let u = s.usage.clone();
-                        return Some((Ok(chunk(Value::Null, u.as_ref())), s));
-                    }
-                    3 => {
-                        s.phase = 4;
-                        return Some((Ok(Event::default().data("[DONE]")), s));
-                    }
-                    _ => return None,
-                }
-            }
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    let mut job = st.job(prompt, &req.sampling, false)?;
+    let stream = st.submit(&mut job)?;
+    respond(answer_spec(&st, &job, &stream, false), stream).await
 }
 
 pub(crate) async fn models(State(st): State<Arc<AppState>>) -> impl IntoResponse {
@@ -563,5 +565,49 @@ pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoRespons
         "Sequences preempted for lack of KV blocks.",
         s.preemptions.to_string(),
     );
+    metric(
+        "generation_tokens_per_second",
+        "gauge",
+        "Tokens generated per second over the last five seconds.",
+        format!("{:.1}", s.tokens_per_second),
+    );
+    metric(
+        "constrained_tokens_total",
+        "counter",
+        "Tokens generated under a grammar (JSON schema, tool calls).",
+        s.masked_tokens.to_string(),
+    );
+    metric(
+        "grammar_mask_seconds_total",
+        "counter",
+        "Time spent computing grammar masks.",
+        format!("{:.6}", s.mask_seconds),
+    );
+    histogram(
+        &mut out,
+        "time_to_first_token_seconds",
+        "Submission to first generated token.",
+        &s.ttft,
+    );
+    histogram(
+        &mut out,
+        "inter_token_latency_seconds",
+        "Time between consecutive tokens of one sequence.",
+        &s.itl,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP autoglm_{name} {help}\n# TYPE autoglm_{name} histogram"
+    );
+    for (b, c) in h.bounds.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "autoglm_{name}_bucket{{le=\"{b}\"}} {c}");
+    }
+    let _ = writeln!(out, "autoglm_{name}_bucket{{le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "autoglm_{name}_sum {:.6}", h.sum_seconds);
+    let _ = writeln!(out, "autoglm_{name}_count {}", h.count());
 }

@@ -172,12 +172,30 @@ async fn text_completions_models_health_metrics() {
         "autoglm_kv_blocks_used",
         "autoglm_prefix_cache_hit_rate",
         "autoglm_generated_tokens_total",
+        "autoglm_generation_tokens_per_second",
+        "autoglm_time_to_first_token_seconds_count",
+        "autoglm_inter_token_latency_seconds_sum",
     ] {
         assert!(
             body.contains(&format!("\n{m} ")),
             "metrics lack {m}:\n{body}"
         );
     }
+    // Histograms: cumulative buckets ending in +Inf equal to the count, which has seen the
+    // completion above.
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}:\n{body}"))
+    };
+    let count = value("autoglm_time_to_first_token_seconds_count ");
+    assert!(count >= 1.0);
+    assert_eq!(
+        value("autoglm_time_to_first_token_seconds_bucket{le=\"+Inf\"} "),
+        count
+    );
+    assert!(value("autoglm_inter_token_latency_seconds_count ") >= 1.0);
 }
 
 /// (body, expected status, expected param (or null), text the message must contain)
@@ -271,6 +289,66 @@ async fn bad_requests_get_precise_openai_errors() {
             "context",
         ),
         (
+            chat,
+            json!({"messages": msg, "tools": [{"type": "function", "function": {"name": "f"}}],
+                   "tool_choice": {"type": "function", "function": {"name": "g"}}})
+            .to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("tool_choice"),
+            "not among the tools",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "tools": [{"type": "retrieval"}]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("tools[0]"),
+            "function",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "tool_choice": "sometimes"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("tool_choice"),
+            "sometimes",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "tool_choice": "required"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("tool_choice"),
+            "no tools",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "response_format": {"type": "json_schema",
+                   "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}})
+            .to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("response_format"),
+            "frobnicate",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "response_format": {"type": "yaml"}}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("response_format"),
+            "yaml",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "logprobs": true, "top_logprobs": 50}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("top_logprobs"),
+            "0 to 20",
+        ),
+        (
+            chat,
+            json!({"messages": msg, "top_logprobs": 2}).to_string(),
+            StatusCode::BAD_REQUEST,
+            json!("top_logprobs"),
+            "requires logprobs",
+        ),
+        (
             "/v1/completions",
             json!({"prompt": 5}).to_string(),
             StatusCode::BAD_REQUEST,
@@ -300,4 +378,165 @@ async fn bad_requests_get_precise_openai_errors() {
     let huge = "x".repeat(autoglm_server::BODY_LIMIT + 1);
     let (s, _, _) = call("POST", chat, Some(huge)).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Current time"}}])
+}
+
+#[tokio::test]
+async fn tool_calls_streamed_and_not_are_valid_and_equal() {
+    let body = json!({"messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+        "tools": weather_tools(), "tool_choice": "required", "temperature": 0, "max_tokens": 80});
+    let (s, b) = post("/v1/chat/completions", body.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{b}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{b}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    let name = call["function"]["name"].as_str().unwrap();
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {b}"));
+    match name {
+        "get_weather" => {
+            assert!(args["city"].is_string(), "{b}");
+            assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()));
+        }
+        "get_time" => assert_eq!(args, json!({})),
+        other => panic!("unknown tool {other}"),
+    }
+
+    // The same request streamed: the same calls, each in one delta.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (s, b) = post("/v1/chat/completions", sbody).await;
+    assert_eq!(s, StatusCode::OK);
+    let chunks: Vec<Value> = b
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(deltas.len(), calls.len(), "{b}");
+    for (d, c) in deltas.iter().zip(calls) {
+        assert_eq!(d["function"], c["function"]);
+    }
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    // A named tool is the one called; a tool result in the history is accepted.
+    let named = json!({"messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"unit\": \"celsius\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "{\"temp\": 3}"},
+            {"role": "user", "content": "And the time?"}],
+        "tools": weather_tools(), "max_tokens": 40, "seed": 1,
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}}});
+    let (s, b) = post("/v1/chat/completions", named).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["function"]["name"], "get_time");
+    assert_eq!(calls[0]["function"]["arguments"], "{}");
+}
+
+#[tokio::test]
+async fn response_format_json_schema_is_obeyed() {
+    let schema = json!({"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "population": {"type": "integer", "minimum": 0}},
+        "required": ["city", "population"], "additionalProperties": false});
+    for (i, rf) in [
+        json!({"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}),
+        json!({"type": "json_object"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, b) = post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Name a big city and its population, as JSON."}],
+                   "response_format": rf, "seed": 5, "max_tokens": 60}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let out: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+        assert!(out.is_object(), "{content}");
+        if i == 0 {
+            assert!(
+                out["city"].is_string() && out["population"].is_u64(),
+                "{content}"
+            );
+            assert_eq!(out.as_object().unwrap().len(), 2, "{content}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn logprobs_for_chat_and_text_completions() {
+    let (s, b) = post(
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Say hello."}], "temperature": 0,
+               "max_tokens": 6, "logprobs": true, "top_logprobs": 3}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    // Every generated token but an end-of-turn one has an entry.
+    assert!(content.len() == n || content.len() + 1 == n, "{b}");
+    let text: String = content
+        .iter()
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        text,
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely one.
+        assert!(
+            (lp - top[0]["logprob"].as_f64().unwrap()).abs() < 1e-6,
+            "{e}"
+        );
+        assert!(lp <= 0.0 && top[1]["logprob"].as_f64().unwrap() <= lp);
+        assert_eq!(
+            e["bytes"].as_array().unwrap().len(),
+            e["token"].as_str().unwrap().len()
+        );
+    }
+    let (s, b) = post(
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "temperature": 0, "max_tokens": 4, "logprobs": 2}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4, "{b}");
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 4);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2, "{b}");
 }
