@@ -39,6 +39,9 @@ pub struct ServeConfig {
     /// Requests allowed to wait; past it, submissions are refused at once.
     pub max_queue: usize,
     pub prefix_caching: bool,
+    /// While sequences are streaming, size each step so it takes about this long (prompt
+    /// chunks shrink to fit); 0 keeps `max_step_tokens` always. See [`StepSizer`].
+    pub step_target_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -51,6 +54,7 @@ impl Default for ServeConfig {
             max_step_tokens: 512,
             max_queue: 64,
             prefix_caching: true,
+            step_target_ms: 0,
         }
     }
 }
@@ -291,6 +295,7 @@ impl EngineHandle {
             shared: shared.clone(),
             epoch: Instant::now(),
             rate: RateWindow::new(Duration::from_secs(5)),
+            sizer: StepSizer::new(cfg.step_target_ms, cfg.max_step_tokens),
             model,
         };
         std::thread::Builder::new()
@@ -472,6 +477,7 @@ struct Worker {
     shared: Arc<Shared>,
     epoch: Instant,
     rate: RateWindow,
+    sizer: StepSizer,
 }
 
 impl Worker {
@@ -556,6 +562,7 @@ impl Worker {
     }
 
     fn step(&mut self) {
+        self.sched.set_decoding_budget(self.sizer.budget());
         let out = self.sched.schedule(self.now_ms());
         for &(id, reason) in &out.aborted {
             let r = match reason {
@@ -590,10 +597,18 @@ impl Worker {
             })
             .collect();
         let vocab = self.model.config().vocab_size;
-        let logits = match self
+        let t_forward = Instant::now();
+        let forward = self
             .model
-            .forward(&self.pool, &mut self.scratch, &mut self.kv, &inputs)
-        {
+            .forward(&self.pool, &mut self.scratch, &mut self.kv, &inputs);
+        let decodes = out
+            .scheduled
+            .iter()
+            .filter(|s| s.kind == autoglm_sched::StepKind::Decode)
+            .count();
+        self.sizer
+            .observe(decodes, out.num_tokens() - decodes, t_forward.elapsed());
+        let logits = match forward {
             Ok(l) => l.to_vec(),
             Err(e) => {
                 // A batch the model refuses is a bug upstream; fail its requests, keep serving.
@@ -731,5 +746,94 @@ impl Worker {
         for id in ended_by_sched {
             self.end(id, FinishReason::Length);
         }
+    }
+}
+
+/// Chooses the step budget while sequences are streaming, from the measured cost of decode rows
+/// and of prompt tokens: every streaming user waits for the whole step, so a step that also
+/// carries a prompt chunk should stay near the target; without streaming users there is no one
+/// to stall, and the scheduler uses its full budget.
+#[derive(Debug)]
+pub(crate) struct StepSizer {
+    target: Option<Duration>,
+    max_tokens: usize,
+    /// Moving averages, seconds: one decode row, one prompt token.
+    decode_cost: f64,
+    prompt_cost: f64,
+    decodes_seen: usize,
+}
+
+impl StepSizer {
+    /// Smallest prompt chunk beside decodes, so a long prompt still advances.
+    const MIN_CHUNK: usize = 32;
+
+    fn new(target_ms: u64, max_tokens: usize) -> StepSizer {
+        StepSizer {
+            target: (target_ms > 0).then(|| Duration::from_millis(target_ms)),
+            max_tokens: max_tokens.max(1),
+            decode_cost: 0.0,
+            prompt_cost: 0.0,
+            decodes_seen: 0,
+        }
+    }
+
+    fn observe(&mut self, decodes: usize, prompt_tokens: usize, took: Duration) {
+        let t = took.as_secs_f64();
+        let ema = |old: f64, new: f64| {
+            if old == 0.0 {
+                new
+            } else {
+                0.8 * old + 0.2 * new
+            }
+        };
+        if decodes > 0 {
+            self.decodes_seen = decodes;
+        }
+        if prompt_tokens == 0 && decodes > 0 {
+            self.decode_cost = ema(self.decode_cost, t / decodes as f64);
+        } else if prompt_tokens >= Self::MIN_CHUNK {
+            let rest = (t - decodes as f64 * self.decode_cost).max(t * 0.1);
+            self.prompt_cost = ema(self.prompt_cost, rest / prompt_tokens as f64);
+        }
+    }
+
+    /// Token budget for the next step that has decodes in it.
+    fn budget(&self) -> usize {
+        let Some(target) = self.target else {
+            return self.max_tokens;
+        };
+        if self.prompt_cost == 0.0 {
+            return self.max_tokens;
+        }
+        let decodes = self.decodes_seen;
+        let left = target.as_secs_f64() - decodes as f64 * self.decode_cost;
+        let chunk = (left / self.prompt_cost).max(0.0) as usize;
+        (decodes + chunk.max(Self::MIN_CHUNK)).min(self.max_tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_sizer_fits_prompt_chunks_into_the_target() {
+        let ms = Duration::from_millis;
+        let mut s = StepSizer::new(100, 512);
+        // Unmeasured: the full budget.
+        assert_eq!(s.budget(), 512);
+        // 8 decodes take 40 ms (5 ms each); 200 prompt tokens beside them take 140 ms more
+        // (0.7 ms each): 60 ms of room is 85 prompt tokens.
+        s.observe(8, 0, ms(40));
+        s.observe(8, 200, ms(180));
+        assert_eq!(s.budget(), 8 + 85);
+        // Decodes alone fill the target: the minimum chunk still goes through.
+        s.observe(30, 0, ms(150));
+        s.observe(30, 0, ms(150));
+        assert!(s.budget() >= 30 + StepSizer::MIN_CHUNK);
+        // Off: always the configured budget.
+        let mut off = StepSizer::new(0, 512);
+        off.observe(8, 200, ms(180));
+        assert_eq!(off.budget(), 512);
     }
 }

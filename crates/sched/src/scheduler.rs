@@ -115,6 +115,8 @@ pub struct Scheduler {
     last_admit_ms: Option<u64>,
     /// Moving average of the time between admissions, for `retry_after_ms`.
     admit_interval_ms: Option<u64>,
+    /// Step budget while some sequence is decoding (see [`Scheduler::set_decoding_budget`]).
+    decoding_budget: usize,
     stats: SchedStats,
 }
 
@@ -140,9 +142,18 @@ impl Scheduler {
             committed_step: 0,
             last_admit_ms: None,
             admit_interval_ms: None,
+            decoding_budget: cfg.max_step_tokens,
             stats: SchedStats::default(),
             cfg,
         }
+    }
+
+    /// Sets the token budget of steps in which some sequence is decoding (clamped to
+    /// `1..=max_step_tokens`); steps with only prompts to process keep `max_step_tokens`. Every
+    /// decoding user waits for the whole step, so the caller lowers this to hold inter-token
+    /// latency while prompts are being processed, and raises it when prompts queue up.
+    pub fn set_decoding_budget(&mut self, tokens: usize) {
+        self.decoding_budget = tokens.clamp(1, self.cfg.max_step_tokens);
     }
 
     /// The settings in force (after clamping).
@@ -307,9 +318,18 @@ impl Scheduler {
             out.aborted.push((id, AbortReason::DeadlineExceeded));
         }
 
-        let mut budget = self.cfg.max_step_tokens;
         let mut order = self.running.clone();
         order.sort_by_key(|id| self.standing(&self.seqs[id]));
+        let decoding = order.iter().any(|id| {
+            self.seqs
+                .get(id)
+                .is_some_and(|s| s.running && s.is_decoding() && s.remaining() > 0)
+        });
+        let mut budget = if decoding {
+            self.decoding_budget
+        } else {
+            self.cfg.max_step_tokens
+        };
 
         // Decodes first: one token each for users already receiving a stream.
         for &id in &order {

@@ -13,6 +13,7 @@
 //! - `add NAME prompt=SPEC max_new=N [prio=interactive|batch|background] [deadline=MS]` — arrival
 //!   is the current time; SPEC is comma-separated tokens or `a..b` ranges. Prints only refusals.
 //! - `abort NAME`, `time +MS` / `time MS`.
+//! - `budget decoding=N` — the step budget while some sequence decodes.
 //! - `step [finish=a,b] [sample=a:7] [no-update]` — schedule, run the fake engine (which checks
 //!   the batch against its own KV contents), update. `finish` reports requests ended by the
 //!   engine; `no-update` drops the step on the floor (the engine never reports back).
@@ -145,6 +146,12 @@ impl Trace {
         };
         match cmd {
             "add" => self.add(args),
+            "budget" => {
+                let kv = kv(args)?;
+                let n = kv.get("decoding").ok_or("budget needs decoding=N")?;
+                self.sched.set_decoding_budget(num(n)?);
+                Ok(())
+            }
             "abort" => {
                 for name in args {
                     let id = self.id(name)?;
