@@ -7,6 +7,7 @@
 
 mod bench;
 mod blocks;
+mod chat;
 mod constraint;
 mod metrics;
 mod sampling;
@@ -17,6 +18,7 @@ mod tools;
 pub use autoglm_sched::Priority;
 pub use bench::{BenchConfig, BenchResult, median};
 pub use blocks::BlockAllocator;
+pub use chat::{ChatTurn, PreparedChat, prepare_chat};
 pub use constraint::{Constraint, ConstraintCompiler, Grammar, compact_json};
 pub use metrics::{HistogramSnapshot, LATENCY_BUCKETS};
 pub use sampling::{Rng, Sampler, SamplingParams, argmax};
@@ -55,6 +57,14 @@ pub enum EngineError {
     Constraint(String),
     #[error("KV cache exhausted: {needed} blocks needed, {free} free (raise the cache size)")]
     CacheFull { needed: usize, free: usize },
+}
+
+/// The model's chat template, or a built-in one (by architecture) for files without.
+pub fn model_template(model: &Model, tokenizer: &Tokenizer) -> Result<ChatTemplate, EngineError> {
+    Ok(match ChatTemplate::from_gguf(model.gguf(), tokenizer)? {
+        Some(t) => t,
+        None => ChatTemplate::builtin(model.config().arch.name(), tokenizer)?,
+    })
 }
 
 /// Prompt tokens for text: special-token text recognised, BOS added if the model wants it and
@@ -140,10 +150,7 @@ impl Engine {
 
     pub fn new(model: Model, config: EngineConfig) -> Result<Engine, EngineError> {
         let tokenizer = Tokenizer::from_gguf(model.gguf())?;
-        let template = match ChatTemplate::from_gguf(model.gguf(), &tokenizer)? {
-            Some(t) => t,
-            None => ChatTemplate::builtin(model.config().arch.name(), &tokenizer)?,
-        };
+        let template = model_template(&model, &tokenizer)?;
         let builtin_template = model.gguf().get("tokenizer.chat_template").is_none();
         let block_size = config.block_size.max(1);
         let kv_tokens = config

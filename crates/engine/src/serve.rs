@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use autoglm_kernels::ThreadPool;
 use autoglm_model::{ForwardScratch, KvCache, LogitsWanted, Model, SeqInput};
 use autoglm_sched::{AbortReason, Priority, Request, RequestId, Scheduler, SchedulerConfig};
-use autoglm_tokenizer::{OwnedStreamDecoder, Tokenizer};
+use autoglm_tokenizer::{ChatTemplate, OwnedStreamDecoder, Tokenizer};
 
 use crate::metrics::{Histogram, RateWindow};
 use crate::{
@@ -250,6 +250,8 @@ pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     tokenizer: Arc<Tokenizer>,
+    template: Arc<ChatTemplate>,
+    model_name: Arc<str>,
     context_length: usize,
     limit: usize,
     /// Built on first use: most servers never see a constrained request.
@@ -260,6 +262,14 @@ impl EngineHandle {
     /// Starts the engine thread for `model`.
     pub fn start(model: Model, cfg: ServeConfig) -> Result<EngineHandle, EngineError> {
         let tokenizer = Arc::new(Tokenizer::from_gguf(model.gguf())?);
+        let template = Arc::new(crate::model_template(&model, &tokenizer)?);
+        let model_name: Arc<str> = model
+            .gguf()
+            .get_str_opt("general.name")
+            .ok()
+            .flatten()
+            .unwrap_or(model.config().arch.name())
+            .into();
         let bytes_per_block = model.config().kv_bytes_per_token() * cfg.block_size.max(1);
         let num_blocks = (cfg.kv_cache_mb << 20) / bytes_per_block.max(1);
         if num_blocks < 2 {
@@ -308,6 +318,8 @@ impl EngineHandle {
             commands: tx,
             shared,
             tokenizer,
+            template,
+            model_name,
             context_length,
             limit: cfg.max_queue + cfg.max_running,
             compiler: Arc::new(OnceLock::new()),
@@ -316,6 +328,20 @@ impl EngineHandle {
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
+    }
+
+    /// The model's chat template (its own, or a built-in one for files without).
+    pub fn template(&self) -> &Arc<ChatTemplate> {
+        &self.template
+    }
+
+    /// The model's `general.name` (or its architecture).
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
     }
 
     /// Builds the grammar compiler in the background (about a second for a 262k-token

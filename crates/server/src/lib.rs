@@ -35,7 +35,7 @@ pub const BODY_LIMIT: usize = 4 << 20;
 pub struct AppState {
     pub(crate) engine: EngineHandle,
     pub(crate) tokenizer: Arc<Tokenizer>,
-    pub(crate) template: ChatTemplate,
+    pub(crate) template: Arc<ChatTemplate>,
     pub(crate) model_name: String,
     pub(crate) context_length: usize,
     pub(crate) default_max_tokens: usize,
@@ -66,14 +66,11 @@ impl AppState {
         model_name: &str,
         cfg: ServeConfig,
     ) -> Result<Arc<AppState>, ServerError> {
-        let tokenizer = Arc::new(Tokenizer::from_gguf(model.gguf())?);
-        let template = match ChatTemplate::from_gguf(model.gguf(), &tokenizer)? {
-            Some(t) => t,
-            None => ChatTemplate::builtin(model.config().arch.name(), &tokenizer)?,
-        };
-        let context_length = model.config().context_length;
         let engine = EngineHandle::start(model, cfg)?;
         engine.prepare_constraints();
+        let tokenizer = engine.tokenizer().clone();
+        let template = engine.template().clone();
+        let context_length = engine.context_length();
         Ok(Arc::new(AppState {
             engine,
             tokenizer,

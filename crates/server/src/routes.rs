@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use autoglm_engine::{
-    Constraint, GenRequest, GenStream, Grammar, HistogramSnapshot, Priority, SamplingParams,
-    SubmitError, ToolChoice, ToolSpec, answer_grammar, messages_with_tools, validate_tools,
+    ChatTurn, Constraint, EngineError, GenRequest, GenStream, Grammar, HistogramSnapshot, Priority,
+    SamplingParams, SubmitError, ToolChoice, ToolSpec, prepare_chat, validate_tools,
 };
 use autoglm_tokenizer::ChatMessage;
 use axum::body::Bytes;
@@ -233,26 +233,27 @@ pub(crate) async fn chat_completions(
         ApiError::bad_param(param, e.to_string().replace("invalid constraint: ", ""))
     })?;
     let answer_schema = response_schema(req.response_format.as_ref())?;
-    let mut msgs = messages(&req)?;
-    // Neither catalogue template knows tools: describe them in the system message and write
-    // earlier calls and results in the format the grammar produces.
-    if !tools.is_empty()
-        || msgs
-            .iter()
-            .any(|m| m.role == "tool" || m.tool_calls.is_some())
-    {
-        msgs = messages_with_tools(&msgs, &tools);
-    }
-    let text = st.template.render(&msgs, None, true).map_err(|e| {
-        ApiError::bad_param(
+    let msgs = messages(&req)?;
+    let prepared = prepare_chat(
+        &st.template,
+        &st.tokenizer,
+        ChatTurn {
+            messages: &msgs,
+            tools: &tools,
+            tool_choice: &choice,
+            parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+            answer_schema: answer_schema.as_ref(),
+        },
+    )
+    .map_err(|e| match e {
+        EngineError::Tokenizer(e) => ApiError::bad_param(
             "messages",
             format!("the chat template refused these messages: {e}"),
-        )
+        ),
+        e => ApiError::bad_param("tools", e.to_string()),
     })?;
-    let prompt = autoglm_engine::prompt_tokens(&st.tokenizer, &text);
-    let mut job = st.job(prompt, &req.sampling, true)?;
-    let parallel = req.parallel_tool_calls.unwrap_or(true);
-    if let Some(grammar) = answer_grammar(&tools, &choice, parallel, answer_schema.as_ref()) {
+    let mut job = st.job(prepared.prompt, &req.sampling, true)?;
+    if let Some(grammar) = prepared.grammar {
         let param = if tools.is_empty() || choice == ToolChoice::None {
             "response_format"
         } else {
@@ -260,7 +261,7 @@ pub(crate) async fn chat_completions(
         };
         job.constraint = Some(compile(&st, grammar, param).await?);
     }
-    job.tool_calls = !tools.is_empty() && choice != ToolChoice::None;
+    job.tool_calls = prepared.expects_tool_calls;
     let stream = st.submit(&mut job)?;
     respond(answer_spec(&st, &job, &stream, true), stream).await
 }
