@@ -1,0 +1,441 @@
+//! Durable state in one SQLite file, and the only crate that speaks SQL.
+//!
+//! - **Tasks**: one row per agent task (goal, tenant, status, answer, settings as JSON).
+//! - **Journal**: the task's step records in order, each a kind and a JSON payload, appended
+//!   *before* the agent acts on them, so that after a crash the task resumes from its journal
+//!   without repeating completed model or tool calls. Appends commit in WAL mode with
+//!   `synchronous=NORMAL`, which survives a process crash (`kill -9`); an OS crash may lose the
+//!   last commits but never corrupts the file.
+//! - **Memory**: facts and task outcomes per tenant, searched with FTS5 and BM25 ranking.
+//!
+//! The agent decides what records mean; this crate stores and returns them faithfully.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("no task {0}")]
+    NoTask(String),
+    #[error(
+        "the database was written by a newer version (schema {found}, this build knows {known})"
+    )]
+    NewerSchema { found: i64, known: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    goal        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    answer      TEXT,
+    settings    TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks(tenant, created_ms);
+CREATE TABLE IF NOT EXISTS journal (
+    task_id     TEXT NOT NULL REFERENCES tasks(id),
+    seq         INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
+CREATE TABLE IF NOT EXISTS memories (
+    id          INTEGER PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    task_id     TEXT,
+    created_ms  INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
+    text, content='memories', content_rowid='id', tokenize='porter unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS memories_ai AFTER INSERT ON memories BEGIN
+    INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
+    INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+";
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub id: String,
+    pub tenant: String,
+    pub goal: String,
+    /// The agent's words: "running", "succeeded", "failed", ...
+    pub status: String,
+    pub answer: Option<String>,
+    pub settings: Value,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub seq: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub at_ms: i64,
+}
+
+/// A remembered fact with its search rank (lower BM25 is better; SQLite's convention).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memory {
+    pub id: i64,
+    pub kind: String,
+    pub text: String,
+    pub task_id: Option<String>,
+    pub rank: f64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating) the database file; its folder must exist.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Store::init(conn)
+    }
+
+    /// A private database in memory (tests, throwaway runs).
+    pub fn in_memory() -> Result<Store> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store> {
+        // Several processes (a server and a CLI) may share the file: wait for locks a while.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic elsewhere while holding the lock leaves SQLite consistent (transactions).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn create_task(&self, id: &str, tenant: &str, goal: &str, settings: &Value) -> Result<()> {
+        let now = now_ms();
+        self.db().execute(
+            "INSERT INTO tasks (id, tenant, goal, status, settings, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)",
+            params![id, tenant, goal, settings.to_string(), now],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_status(&self, id: &str, status: &str, answer: Option<&str>) -> Result<()> {
+        let n = self.db().execute(
+            "UPDATE tasks SET status = ?2, answer = COALESCE(?3, answer), updated_ms = ?4
+             WHERE id = ?1",
+            params![id, status, answer, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoTask(id.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn task(&self, id: &str) -> Result<TaskRow> {
+        self.db()
+            .query_row(
+                "SELECT id, tenant, goal, status, answer, settings, created_ms, updated_ms
+                 FROM tasks WHERE id = ?1",
+                params![id],
+                task_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoTask(id.to_string()))?
+    }
+
+    /// Tasks of `tenant` (all tenants when `None`), newest first.
+    pub fn tasks(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<TaskRow>> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT id, tenant, goal, status, answer, settings, created_ms, updated_ms
+             FROM tasks WHERE ?1 IS NULL OR tenant = ?1
+             ORDER BY created_ms DESC, rowid DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![tenant, limit as i64], task_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Tasks whose status is one of `statuses` (e.g. the unfinished ones to resume).
+    pub fn tasks_with_status(&self, statuses: &[&str]) -> Result<Vec<TaskRow>> {
+        Ok(self
+            .tasks(None, usize::MAX >> 1)?
+            .into_iter()
+            .filter(|t| statuses.contains(&t.status.as_str()))
+            .collect())
+    }
+
+    /// Appends a record and returns its sequence number; committed before returning.
+    pub fn append(&self, task_id: &str, kind: &str, payload: &Value) -> Result<i64> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE task_id = ?1",
+            params![task_id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO journal (task_id, seq, kind, payload, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![task_id, seq, kind, payload.to_string(), now_ms()],
+        )?;
+        tx.execute(
+            "UPDATE tasks SET updated_ms = ?2 WHERE id = ?1",
+            params![task_id, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// The task's records in order.
+    pub fn records(&self, task_id: &str) -> Result<Vec<Record>> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT seq, kind, payload, at_ms FROM journal WHERE task_id = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map(params![task_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (seq, kind, payload, at_ms) = r?;
+            Ok(Record {
+                seq,
+                kind,
+                payload: serde_json::from_str(&payload)?,
+                at_ms,
+            })
+        })
+        .collect()
+    }
+
+    pub fn save_memory(
+        &self,
+        tenant: &str,
+        kind: &str,
+        text: &str,
+        task_id: Option<&str>,
+    ) -> Result<i64> {
+        let db = self.db();
+        db.execute(
+            "INSERT INTO memories (tenant, kind, text, task_id, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant, kind, text, task_id, now_ms()],
+        )?;
+        Ok(db.last_insert_rowid())
+    }
+
+    /// The `limit` memories of `tenant` best matching `query` (BM25). The query is free text:
+    /// it is split into words and any of them may match, so user input cannot inject FTS5
+    /// syntax.
+    pub fn search_memory(&self, tenant: &str, query: &str, limit: usize) -> Result<Vec<Memory>> {
+        let terms: Vec<String> = query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .take(32)
+            .map(|w| format!("\"{w}\""))
+            .collect();
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fts_query = terms.join(" OR ");
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT m.id, m.kind, m.text, m.task_id, bm25(memories_fts) AS rank
+             FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid
+             WHERE memories_fts MATCH ?1 AND m.tenant = ?2
+             ORDER BY rank LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![fts_query, tenant, limit as i64], |r| {
+            Ok(Memory {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                text: r.get(2)?,
+                task_id: r.get(3)?,
+                rank: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+}
+
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRow>> {
+    let settings: String = r.get(5)?;
+    let row = (|| {
+        Ok(TaskRow {
+            id: r.get(0)?,
+            tenant: r.get(1)?,
+            goal: r.get(2)?,
+            status: r.get(3)?,
+            answer: r.get(4)?,
+            settings: Value::Null,
+            created_ms: r.get(6)?,
+            updated_ms: r.get(7)?,
+        })
+    })();
+    Ok(row.and_then(|mut t: TaskRow| {
+        t.settings = serde_json::from_str(&settings)?;
+        Ok(t)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tasks_and_journal_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.create_task("t1", "default", "add numbers", &json!({"max_steps": 5}))
+                .unwrap();
+            s.create_task("t2", "other", "second", &json!({})).unwrap();
+            assert_eq!(s.append("t1", "plan", &json!({"steps": ["a"]})).unwrap(), 1);
+            assert_eq!(
+                s.append("t1", "tool_call", &json!({"tool": "calculator"}))
+                    .unwrap(),
+                2
+            );
+            s.set_status("t2", "succeeded", Some("done")).unwrap();
+        }
+        // Reopened as after a crash: everything committed is there.
+        let s = Store::open(&path).unwrap();
+        let recs = s.records("t1").unwrap();
+        assert_eq!(
+            recs.iter()
+                .map(|r| (r.seq, r.kind.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "plan"), (2, "tool_call")]
+        );
+        assert_eq!(recs[1].payload["tool"], "calculator");
+        let t1 = s.task("t1").unwrap();
+        assert_eq!(
+            (t1.status.as_str(), t1.settings["max_steps"].as_u64()),
+            ("running", Some(5))
+        );
+        assert_eq!(s.task("t2").unwrap().answer.as_deref(), Some("done"));
+        assert_eq!(s.tasks(None, 10).unwrap().len(), 2);
+        assert_eq!(s.tasks(Some("other"), 10).unwrap()[0].id, "t2");
+        assert_eq!(s.tasks_with_status(&["running"]).unwrap().len(), 1);
+        assert!(matches!(s.task("nope"), Err(StoreError::NoTask(_))));
+        assert!(matches!(
+            s.set_status("nope", "x", None),
+            Err(StoreError::NoTask(_))
+        ));
+        // Journal records of a task that does not exist are refused.
+        assert!(s.append("ghost", "plan", &json!({})).is_err());
+    }
+
+    #[test]
+    fn memory_search_ranks_per_tenant_and_ignores_query_syntax() {
+        let s = Store::in_memory().unwrap();
+        s.save_memory(
+            "a",
+            "fact",
+            "The office wifi password is on the fridge",
+            None,
+        )
+        .unwrap();
+        s.save_memory(
+            "a",
+            "fact",
+            "Invoices are due on the 5th of each month",
+            None,
+        )
+        .unwrap();
+        s.save_memory(
+            "a",
+            "outcome",
+            "Computed monthly invoice totals with sql",
+            Some("t9"),
+        )
+        .unwrap();
+        s.save_memory("b", "fact", "Invoices for tenant b are private", None)
+            .unwrap();
+        let hits = s.search_memory("a", "when are invoices due?", 5).unwrap();
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        assert!(hits[0].text.contains("due on the 5th"), "{hits:?}");
+        assert!(hits.iter().all(|h| !h.text.contains("tenant b")));
+        // FTS5 operators and quotes in user text are just words.
+        assert!(s.search_memory("a", "\"unbalanced AND (", 5).is_ok());
+        assert!(s.search_memory("a", "  ", 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+        }
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::NewerSchema { found: 99, .. })
+        ));
+    }
+}
