@@ -1,0 +1,267 @@
+//! The agent: a goal becomes a plan of subtasks (run concurrently when their dependencies are
+//! done), each carried out in think → tool call → observation rounds, checked by reflection
+//! (retry, or replan, within budgets), and summed up in a final answer. Every step is journaled
+//! in the store before it is acted on, so [`Agent::resume`] continues an interrupted task
+//! without repeating completed model or tool calls.
+//!
+//! The agent depends on [`LlmClient`] and the tool registry only: it runs the same on the
+//! embedded engine, on any OpenAI-compatible server, and on a scripted client in tests.
+
+mod journal;
+mod prompts;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use autoglm_llm::{LlmClient, Usage};
+use autoglm_store::{Store, StoreError};
+use autoglm_tools::{Cancel, ToolRegistry};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+pub use prompts::Subtask;
+
+/// Limits and knobs of one task.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Model calls per task, all subtasks together.
+    pub max_steps: usize,
+    /// New plans after a failure.
+    pub max_replans: usize,
+    /// Attempts of one subtask after the first.
+    pub max_retries: usize,
+    /// Prompt plus completion tokens per task.
+    pub max_tokens: usize,
+    /// Wall-clock limit of one run (a resumed run gets it afresh).
+    pub max_duration: Duration,
+    /// Tool rounds per subtask attempt.
+    pub max_rounds: usize,
+    /// Subtasks in one plan.
+    pub max_plan_steps: usize,
+    /// Asking again when a reply does not parse (unconstrained backends).
+    pub malformed_retries: usize,
+    pub tool_timeout: Duration,
+    /// Tokens one reply may have.
+    pub reply_tokens: usize,
+    pub temperature: f32,
+    pub tenant: String,
+    /// Memories recalled at planning time.
+    pub recall: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            max_steps: 40,
+            max_replans: 1,
+            max_retries: 1,
+            max_tokens: 200_000,
+            max_duration: Duration::from_secs(600),
+            max_rounds: 6,
+            max_plan_steps: 4,
+            malformed_retries: 2,
+            tool_timeout: Duration::from_secs(30),
+            reply_tokens: 400,
+            temperature: 0.0,
+            tenant: "default".into(),
+            recall: 3,
+        }
+    }
+}
+
+/// The kinds of step records (the journal's and the event stream's vocabulary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    Plan,
+    ModelCall,
+    ToolCall,
+    ToolResult,
+    Reflection,
+    /// A guard stepped in (a repeated action, a budget).
+    Guard,
+    Final,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Plan => "plan",
+            StepKind::ModelCall => "model_call",
+            StepKind::ToolCall => "tool_call",
+            StepKind::ToolResult => "tool_result",
+            StepKind::Reflection => "reflection",
+            StepKind::Guard => "guard",
+            StepKind::Final => "final",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StepKind> {
+        Some(match s {
+            "plan" => StepKind::Plan,
+            "model_call" => StepKind::ModelCall,
+            "tool_call" => StepKind::ToolCall,
+            "tool_result" => StepKind::ToolResult,
+            "reflection" => StepKind::Reflection,
+            "guard" => StepKind::Guard,
+            "final" => StepKind::Final,
+            _ => return None,
+        })
+    }
+}
+
+/// A step record as it is journaled, for live views.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub task_id: String,
+    pub seq: i64,
+    pub kind: StepKind,
+    pub payload: Value,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Succeeded,
+    Failed(String),
+    BudgetExhausted(String),
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed(_) => "failed",
+            Status::BudgetExhausted(_) => "budget_exhausted",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Status::Failed(r) | Status::BudgetExhausted(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutcome {
+    pub task_id: String,
+    pub status: Status,
+    pub answer: Option<String>,
+    /// The journal's records, in order.
+    pub steps: Vec<Value>,
+    pub usage: Usage,
+}
+
+impl TaskOutcome {
+    /// The `autoglm run --json` object.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "task_id": self.task_id,
+            "status": self.status.as_str(),
+            "reason": self.status.reason(),
+            "answer": self.answer,
+            "steps": self.steps,
+            "usage": {"prompt_tokens": self.usage.prompt_tokens,
+                      "completion_tokens": self.usage.completion_tokens,
+                      "cached_tokens": self.usage.cached_tokens},
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("task {0} has already ended ({1})")]
+    Ended(String, String),
+    #[error("cannot create the workspace {path}: {source}")]
+    Workspace {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs tasks. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct Agent {
+    pub(crate) llm: Arc<dyn LlmClient>,
+    pub(crate) tools: ToolRegistry,
+    pub(crate) store: Arc<Store>,
+    pub(crate) cfg: AgentConfig,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) cancel: Cancel,
+}
+
+impl Agent {
+    pub fn new(
+        llm: Arc<dyn LlmClient>,
+        tools: ToolRegistry,
+        store: Arc<Store>,
+        cfg: AgentConfig,
+    ) -> Agent {
+        Agent {
+            llm,
+            tools,
+            store,
+            cfg,
+            events: broadcast::channel(1024).0,
+            cancel: Cancel::default(),
+        }
+    }
+
+    /// Every step record of every task this agent runs, as it is journaled.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Stops running tasks at their next step; they end `cancelled`.
+    pub fn cancel_handle(&self) -> Cancel {
+        self.cancel.clone()
+    }
+
+    /// Creates a task for `goal` working in `workspace` and runs it to its end.
+    pub async fn run(&self, goal: &str, workspace: PathBuf) -> Result<TaskOutcome, AgentError> {
+        let id = new_task_id();
+        std::fs::create_dir_all(&workspace).map_err(|source| AgentError::Workspace {
+            path: workspace.display().to_string(),
+            source,
+        })?;
+        let settings = json!({"workspace": workspace, "backend": self.llm.describe(),
+                              "tools": self.tools.names(), "max_steps": self.cfg.max_steps});
+        self.store
+            .create_task(&id, &self.cfg.tenant, goal, &settings)?;
+        self.drive(&id).await
+    }
+
+    /// Continues an unfinished task from its journal.
+    pub async fn resume(&self, task_id: &str) -> Result<TaskOutcome, AgentError> {
+        let t = self.store.task(task_id)?;
+        if t.status != "running" {
+            return Err(AgentError::Ended(t.id, t.status));
+        }
+        self.drive(task_id).await
+    }
+
+    /// A finished or running task's outcome as recorded (for `trace`).
+    pub fn outcome(store: &Store, task_id: &str) -> Result<TaskOutcome, AgentError> {
+        let t = store.task(task_id)?;
+        let records = store.records(task_id)?;
+        Ok(run::outcome_from(&t, &records))
+    }
+}
+
+/// Unique enough across processes: milliseconds and a per-process random tail.
+fn new_task_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let ms = autoglm_store::now_ms();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(ms);
+    h.write_u32(std::process::id());
+    format!("t{ms:x}{:04x}", h.finish() & 0xffff)
+}

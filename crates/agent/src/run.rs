@@ -1,0 +1,620 @@
+//! One task from its journal to its end: plan, subtasks in dependency waves (concurrently
+//! within a wave), think → act → observe rounds, reflection with retry and replanning, the
+//! final answer, and the guards (steps, tokens, time, repeated actions, cancellation).
+//!
+//! Every model and tool call goes through [`TaskRun::model_call`] / [`TaskRun::tool_call`],
+//! which return the journaled result when the record exists: that is all resuming needs,
+//! because the control flow depends only on those results and the configuration.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use autoglm_llm::{ChatRequest, ChatResponse, Message, ToolCall, ToolChoice, ToolDef, Usage};
+use autoglm_store::{Record, TaskRow, now_ms};
+use autoglm_tools::{ToolContext, ToolError};
+use serde_json::{Value, json};
+
+use crate::journal::Journal;
+use crate::prompts::{self, Subtask};
+use crate::{Agent, AgentError, Status, StepKind, TaskOutcome};
+
+/// Why a task stops early.
+enum Stop {
+    Budget(String),
+    Cancelled,
+    Failed(String),
+    Store(AgentError),
+}
+
+impl From<AgentError> for Stop {
+    fn from(e: AgentError) -> Stop {
+        Stop::Store(e)
+    }
+}
+
+struct TaskRun<'a> {
+    agent: &'a Agent,
+    journal: Journal,
+    goal: String,
+    ctx: ToolContext,
+    tool_defs: Vec<ToolDef>,
+    steps: AtomicUsize,
+    tokens: AtomicUsize,
+    started: Instant,
+    usage: Mutex<Usage>,
+}
+
+impl Agent {
+    pub(crate) async fn drive(&self, id: &str) -> Result<TaskOutcome, AgentError> {
+        let task = self.store.task(id)?;
+        let journal = Journal::load(self.store.clone(), id, self.events.clone())?;
+        if journal.recorded("final", StepKind::Final).is_none() {
+            let workspace = task
+                .settings
+                .get("workspace")
+                .and_then(Value::as_str)
+                .map_or_else(std::env::temp_dir, PathBuf::from);
+            let mut ctx = ToolContext::new(workspace);
+            ctx.timeout = self.cfg.tool_timeout;
+            ctx.cancel = self.cancel.clone();
+            let run = TaskRun {
+                agent: self,
+                tool_defs: self
+                    .tools
+                    .iter()
+                    .map(|t| ToolDef {
+                        name: t.name().to_string(),
+                        description: t.description().to_string(),
+                        parameters: t.parameters(),
+                    })
+                    .collect(),
+                journal,
+                goal: task.goal.clone(),
+                ctx,
+                steps: AtomicUsize::new(0),
+                tokens: AtomicUsize::new(0),
+                started: Instant::now(),
+                usage: Mutex::new(Usage::default()),
+            };
+            let (status, answer) = match run.execute().await {
+                Ok(a) => (Status::Succeeded, Some(a)),
+                Err(Stop::Budget(r)) => (Status::BudgetExhausted(r), None),
+                Err(Stop::Cancelled) => (Status::Cancelled, None),
+                Err(Stop::Failed(r)) => (Status::Failed(r), None),
+                // The store failed: leave the task running so it can be resumed.
+                Err(Stop::Store(e)) => return Err(e),
+            };
+            let t = now_ms();
+            run.journal.append(
+                StepKind::Final,
+                json!({"key": "final", "status": status.as_str(), "reason": status.reason(),
+                       "answer": answer, "started_ms": t, "ended_ms": t}),
+            )?;
+        }
+        // Status and memory follow the final record (also when an earlier run crashed between).
+        let fin = self
+            .store
+            .records(id)?
+            .into_iter()
+            .rev()
+            .find(|r| r.kind == "final")
+            .map(|r| r.payload)
+            .unwrap_or(Value::Null);
+        let status = fin["status"].as_str().unwrap_or("failed");
+        let answer = fin["answer"].as_str();
+        self.store.set_status(id, status, answer)?;
+        if let (Some(a), "succeeded") = (answer, status) {
+            self.store.save_memory(
+                &task.tenant,
+                "outcome",
+                &format!("Goal: {}\nAnswer: {a}", task.goal),
+                Some(id),
+            )?;
+        }
+        Agent::outcome(&self.store, id)
+    }
+}
+
+/// The outcome as recorded: status from the task row, steps from the journal.
+pub(crate) fn outcome_from(task: &TaskRow, records: &[Record]) -> TaskOutcome {
+    let mut usage = Usage::default();
+    let mut reason = None;
+    let steps = records
+        .iter()
+        .map(|r| {
+            if r.kind == "model_call" {
+                let u = &r.payload["usage"];
+                let n = |k: &str| u[k].as_u64().unwrap_or(0) as usize;
+                usage.add(Usage {
+                    prompt_tokens: n("prompt_tokens"),
+                    completion_tokens: n("completion_tokens"),
+                    cached_tokens: n("cached_tokens"),
+                });
+            }
+            if r.kind == "final" {
+                reason = r.payload["reason"].as_str().map(str::to_string);
+            }
+            let mut step = json!({"seq": r.seq, "kind": r.kind, "at_ms": r.at_ms});
+            if let Value::Object(p) = &r.payload {
+                for (k, v) in p {
+                    step[k] = v.clone();
+                }
+            }
+            step
+        })
+        .collect();
+    let status = match task.status.as_str() {
+        "succeeded" => Status::Succeeded,
+        "cancelled" => Status::Cancelled,
+        "budget_exhausted" => Status::BudgetExhausted(reason.unwrap_or_default()),
+        "running" => Status::Failed("still running".into()),
+        _ => Status::Failed(reason.unwrap_or_default()),
+    };
+    TaskOutcome {
+        task_id: task.id.clone(),
+        status,
+        answer: task.answer.clone(),
+        steps,
+        usage,
+    }
+}
+
+/// Arguments in a canonical text form, to recognise a repeated action.
+fn signature(call: &ToolCall) -> (String, String) {
+    (call.name.clone(), call.arguments.to_string())
+}
+
+impl TaskRun<'_> {
+    fn cfg(&self) -> &crate::AgentConfig {
+        &self.agent.cfg
+    }
+
+    async fn execute(&self) -> Result<String, Stop> {
+        let cfg = self.cfg();
+        let memories: Vec<String> = if cfg.recall > 0 {
+            self.journal
+                .store()
+                .search_memory(&cfg.tenant, &self.goal, cfg.recall)
+                .map_err(AgentError::from)?
+                .into_iter()
+                .map(|m| m.text)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut planno = 0;
+        let mut plan = self.plan(planno, &memories, None).await?;
+        // Results of finished subtasks of earlier plans, then of the current one.
+        let mut carried: Vec<(String, String)> = Vec::new();
+        loop {
+            let mut results: BTreeMap<usize, String> = BTreeMap::new();
+            let mut failure = None;
+            while results.len() < plan.len() && failure.is_none() {
+                let ready: Vec<&Subtask> = plan
+                    .iter()
+                    .filter(|s| !results.contains_key(&s.id))
+                    .filter(|s| s.depends_on.iter().all(|d| results.contains_key(d)))
+                    .collect();
+                let outs = futures_util::future::join_all(ready.iter().map(|s| {
+                    let mut earlier = carried.clone();
+                    for d in &s.depends_on {
+                        if let (Some(dep), Some(r)) = (plan.get(d - 1), results.get(d)) {
+                            earlier.push((dep.task.clone(), r.clone()));
+                        }
+                    }
+                    self.subtask(planno, s, earlier)
+                }))
+                .await;
+                for (s, out) in ready.iter().zip(outs) {
+                    match out? {
+                        Ok(r) => {
+                            results.insert(s.id, r);
+                        }
+                        Err(reason) => {
+                            failure.get_or_insert(format!("step {} ({}): {reason}", s.id, s.task));
+                        }
+                    }
+                }
+            }
+            for s in &plan {
+                if let Some(r) = results.get(&s.id) {
+                    carried.push((s.task.clone(), r.clone()));
+                }
+            }
+            let feedback = match failure {
+                None => {
+                    let answer = if plan.len() == 1 && carried.len() == 1 {
+                        carried[0].1.clone()
+                    } else {
+                        self.compose(planno, &carried).await?
+                    };
+                    // A one-step plan was already checked against the goal with its step.
+                    if plan.len() == 1 && carried.len() == 1 {
+                        return Ok(answer);
+                    }
+                    let key = format!("plan{planno}/final");
+                    let (ok, reason) = self.reflect(&key, "the whole goal", &answer).await?;
+                    if ok {
+                        return Ok(answer);
+                    }
+                    format!("the final answer {answer:?} was judged wrong: {reason}")
+                }
+                Some(f) => f,
+            };
+            if planno >= cfg.max_replans {
+                return Err(Stop::Failed(feedback));
+            }
+            planno += 1;
+            plan = self.plan(planno, &memories, Some(&feedback)).await?;
+        }
+    }
+
+    /// One subtask with its retries; `Ok(Err(reason))` when every attempt failed its check.
+    async fn subtask(
+        &self,
+        planno: usize,
+        s: &Subtask,
+        earlier: Vec<(String, String)>,
+    ) -> Result<Result<String, String>, Stop> {
+        let mut feedback: Option<String> = None;
+        let mut last = String::new();
+        for attempt in 0..=self.cfg().max_retries {
+            let key = format!("plan{planno}/s{}/a{attempt}", s.id);
+            match self.attempt(&key, s, &earlier, feedback.as_deref()).await? {
+                Ok(result) => {
+                    let (ok, reason) = self.reflect(&key, &s.task, &result).await?;
+                    if ok {
+                        return Ok(Ok(result));
+                    }
+                    last = format!("the result {result:?} failed its check: {reason}");
+                }
+                Err(reason) => last = reason,
+            }
+            feedback = Some(format!(
+                "An earlier attempt at this step went wrong: {last}"
+            ));
+        }
+        Ok(Err(last))
+    }
+
+    /// Think → act → observe rounds until the model answers in text.
+    async fn attempt(
+        &self,
+        key: &str,
+        s: &Subtask,
+        earlier: &[(String, String)],
+        feedback: Option<&str>,
+    ) -> Result<Result<String, String>, Stop> {
+        let names: Vec<String> = self.tool_defs.iter().map(|t| t.name.clone()).collect();
+        let mut user = prompts::executor_user(&self.goal, &s.task, earlier);
+        if let Some(f) = feedback {
+            user.push('\n');
+            user.push_str(f);
+        }
+        let mut messages = vec![
+            Message::system(prompts::executor_system(&names)),
+            Message::user(user),
+        ];
+        // A tool the step or the goal names is called first: small models need the nudge,
+        // large ones would call it anyway.
+        let text = format!("{} {}", s.task, self.goal).to_lowercase();
+        let named = names
+            .iter()
+            .find(|n| text.contains(&n.replace('_', " ")) || text.contains(n.as_str()));
+        let mut seen: HashMap<(String, String), String> = HashMap::new();
+        let mut repeats = 0;
+        let mut force_text = false;
+        for round in 0..self.cfg().max_rounds {
+            let rkey = format!("{key}/r{round}");
+            let choice = match named {
+                _ if force_text || names.is_empty() => ToolChoice::None,
+                Some(n) if round == 0 => ToolChoice::Function(n.clone()),
+                _ => ToolChoice::Auto,
+            };
+            let mut req = self.request(messages.clone());
+            if choice != ToolChoice::None {
+                req.tools = self.tool_defs.clone();
+            }
+            req.tool_choice = choice;
+            let resp = self.model_call(&rkey, "execute", s.id, &req).await?;
+            if resp.tool_calls.is_empty() {
+                let answer = resp.content.trim();
+                if answer.is_empty() {
+                    return Ok(Err("the model gave an empty answer".into()));
+                }
+                return Ok(Ok(answer.to_string()));
+            }
+            messages.push(Message::assistant_calls(
+                resp.content.clone(),
+                resp.tool_calls.clone(),
+            ));
+            for (i, call) in resp.tool_calls.iter().enumerate() {
+                let tkey = format!("{rkey}/t{i}");
+                let sig = signature(call);
+                if let Some(prev) = seen.get(&sig) {
+                    repeats += 1;
+                    self.guard(
+                        &tkey,
+                        s.id,
+                        "repeated_action",
+                        &format!("{} called again with the same arguments", call.name),
+                    )?;
+                    if repeats >= 2 {
+                        return Ok(Err(format!(
+                            "the model kept repeating {} with the same arguments",
+                            call.name
+                        )));
+                    }
+                    messages.push(Message::tool_result(
+                        call.id.clone(),
+                        format!(
+                            "You already called {} with these arguments; the result was: {prev}\n\
+                             Reply with the result of the step now.",
+                            call.name
+                        ),
+                    ));
+                    force_text = true;
+                    continue;
+                }
+                let out = self.tool_call(&tkey, s.id, call).await?;
+                seen.insert(sig, out.clone());
+                messages.push(Message::tool_result(call.id.clone(), out));
+            }
+        }
+        Ok(Err(format!(
+            "no result after {} rounds of tool calls",
+            self.cfg().max_rounds
+        )))
+    }
+
+    fn request(&self, messages: Vec<Message>) -> ChatRequest {
+        let mut r = ChatRequest::new(messages);
+        r.max_tokens = self.cfg().reply_tokens;
+        r.temperature = self.cfg().temperature;
+        r.seed = Some(0);
+        r
+    }
+
+    /// Asks for JSON matching `schema`; on a reply that does not parse (only possible on
+    /// unconstrained backends) asks again with the error shown, a bounded number of times.
+    async fn structured<T>(
+        &self,
+        key: &str,
+        purpose: &str,
+        messages: Vec<Message>,
+        schema: Value,
+        parse: impl Fn(&Value) -> Result<T, String>,
+    ) -> Result<Result<T, String>, Stop> {
+        let mut messages = messages;
+        let mut last = String::new();
+        for attempt in 0..=self.cfg().malformed_retries {
+            let mut req = self.request(messages.clone());
+            req.json_schema = Some(schema.clone());
+            req.tool_choice = ToolChoice::None;
+            let resp = self
+                .model_call(&format!("{key}/m{attempt}"), purpose, 0, &req)
+                .await?;
+            match prompts::extract_json(&resp.content).and_then(|v| parse(&v)) {
+                Ok(t) => return Ok(Ok(t)),
+                Err(e) => {
+                    last = e.clone();
+                    messages.push(Message::assistant(resp.content));
+                    messages.push(Message::user(format!(
+                        "That reply could not be used: {e}. Answer again with JSON only, \
+                         matching this schema: {schema}"
+                    )));
+                }
+            }
+        }
+        Ok(Err(last))
+    }
+
+    async fn plan(
+        &self,
+        n: usize,
+        memories: &[String],
+        feedback: Option<&str>,
+    ) -> Result<Vec<Subtask>, Stop> {
+        let max = self.cfg().max_plan_steps.max(1);
+        let key = format!("plan{n}");
+        let messages = vec![
+            Message::system(prompts::planner_system(max)),
+            Message::user(prompts::planner_user(&self.goal, memories, feedback)),
+        ];
+        let plan = match self
+            .structured(&key, "plan", messages, prompts::plan_schema(max), |v| {
+                prompts::parse_plan(v, max)
+            })
+            .await?
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.guard(
+                    &key,
+                    0,
+                    "plan_unreadable",
+                    &format!("using the goal as the only step: {e}"),
+                )?;
+                vec![Subtask {
+                    id: 1,
+                    task: self.goal.clone(),
+                    depends_on: Vec::new(),
+                }]
+            }
+        };
+        if self.journal.recorded(&key, StepKind::Plan).is_none() {
+            let t = now_ms();
+            let steps: Vec<Value> = plan
+                .iter()
+                .map(|s| json!({"id": s.id, "task": s.task, "depends_on": s.depends_on}))
+                .collect();
+            self.journal.append(
+                StepKind::Plan,
+                json!({"key": key, "steps": steps, "replan": n > 0, "feedback": feedback,
+                       "started_ms": t, "ended_ms": t}),
+            )?;
+        }
+        Ok(plan)
+    }
+
+    async fn reflect(&self, key: &str, step: &str, result: &str) -> Result<(bool, String), Stop> {
+        let rkey = format!("{key}/check");
+        let messages = vec![
+            Message::system("You check results strictly but fairly. Answer with JSON only."),
+            Message::user(prompts::reflection_user(&self.goal, step, result)),
+        ];
+        let (ok, reason) = self
+            .structured(
+                &rkey,
+                "reflection",
+                messages,
+                prompts::reflection_schema(),
+                prompts::parse_reflection,
+            )
+            .await?
+            // An unreadable check does not sink a result.
+            .unwrap_or_else(|e| {
+                (
+                    true,
+                    format!("the check could not be read ({e}); result kept"),
+                )
+            });
+        if self.journal.recorded(&rkey, StepKind::Reflection).is_none() {
+            let t = now_ms();
+            self.journal.append(
+                StepKind::Reflection,
+                json!({"key": rkey, "step": step, "ok": ok, "reason": reason,
+                       "started_ms": t, "ended_ms": t}),
+            )?;
+        }
+        Ok((ok, reason))
+    }
+
+    async fn compose(&self, planno: usize, results: &[(String, String)]) -> Result<String, Stop> {
+        let req = self.request(vec![
+            Message::system("You write the final answer to the user's goal from the results of its steps. Be direct."),
+            Message::user(prompts::final_user(&self.goal, results)),
+        ]);
+        let resp = self
+            .model_call(&format!("plan{planno}/compose"), "final_answer", 0, &req)
+            .await?;
+        Ok(resp.content.trim().to_string())
+    }
+
+    fn guard(&self, key: &str, subtask: usize, guard: &str, detail: &str) -> Result<(), Stop> {
+        let gkey = format!("{key}/guard/{guard}");
+        if self.journal.recorded(&gkey, StepKind::Guard).is_none() {
+            let t = now_ms();
+            self.journal.append(
+                StepKind::Guard,
+                json!({"key": gkey, "subtask": subtask, "guard": guard, "detail": detail,
+                       "started_ms": t, "ended_ms": t}),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Budget and cancellation checks before a model call.
+    fn check_budgets(&self) -> Result<(), Stop> {
+        let cfg = self.cfg();
+        if self.agent.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        if self.steps.load(Ordering::SeqCst) >= cfg.max_steps {
+            return Err(Stop::Budget(format!(
+                "the step limit ({}) was reached",
+                cfg.max_steps
+            )));
+        }
+        if self.tokens.load(Ordering::SeqCst) >= cfg.max_tokens {
+            return Err(Stop::Budget(format!(
+                "the token budget ({}) was spent",
+                cfg.max_tokens
+            )));
+        }
+        if self.started.elapsed() >= cfg.max_duration {
+            return Err(Stop::Budget(format!(
+                "the time limit ({:?}) was reached",
+                cfg.max_duration
+            )));
+        }
+        Ok(())
+    }
+
+    fn count(&self, u: &Usage) {
+        self.steps.fetch_add(1, Ordering::SeqCst);
+        self.tokens
+            .fetch_add(u.prompt_tokens + u.completion_tokens, Ordering::SeqCst);
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).add(*u);
+    }
+
+    async fn model_call(
+        &self,
+        key: &str,
+        purpose: &str,
+        subtask: usize,
+        req: &ChatRequest,
+    ) -> Result<ChatResponse, Stop> {
+        if let Some(rec) = self.journal.recorded(key, StepKind::ModelCall)
+            && let Ok(resp) = serde_json::from_value::<ChatResponse>(rec["response"].clone())
+        {
+            self.count(&resp.usage);
+            return Ok(resp);
+        }
+        self.check_budgets()?;
+        let started = now_ms();
+        let cancel = self.agent.cancel.clone();
+        let resp = tokio::select! {
+            r = self.agent.llm.chat(req, None) => {
+                r.map_err(|e| Stop::Failed(format!("model call failed: {e}")))?
+            }
+            _ = cancel.cancelled() => return Err(Stop::Cancelled),
+        };
+        self.count(&resp.usage);
+        self.journal.append(
+            StepKind::ModelCall,
+            json!({"key": key, "purpose": purpose, "subtask": subtask,
+                   "started_ms": started, "ended_ms": now_ms(),
+                   "messages": req.messages.len(), "tool_choice": req.tool_choice,
+                   "response": resp, "usage": resp.usage}),
+        )?;
+        Ok(resp)
+    }
+
+    /// Runs a tool call, journaling the call before and the result after; a recorded result
+    /// is returned as it was. A call recorded without a result was cut off by a crash and
+    /// runs again (at-least-once for the interrupted call only).
+    async fn tool_call(&self, key: &str, subtask: usize, call: &ToolCall) -> Result<String, Stop> {
+        if let Some(rec) = self.journal.recorded(key, StepKind::ToolResult) {
+            return Ok(rec["output"].as_str().unwrap_or("").to_string());
+        }
+        if self.agent.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let started = now_ms();
+        self.journal.append(
+            StepKind::ToolCall,
+            json!({"key": key, "subtask": subtask, "tool": call.name, "arguments": call.arguments,
+                   "call_id": call.id, "started_ms": started, "ended_ms": started}),
+        )?;
+        let (output, ok) = match self
+            .agent
+            .tools
+            .call(&call.name, call.arguments.clone(), &self.ctx)
+            .await
+        {
+            Ok(o) => (o.content, true),
+            Err(ToolError::Cancelled) => return Err(Stop::Cancelled),
+            Err(e) => (format!("error: {e}"), false),
+        };
+        self.journal.append(
+            StepKind::ToolResult,
+            json!({"key": key, "subtask": subtask, "tool": call.name, "output": output, "ok": ok,
+                   "started_ms": started, "ended_ms": now_ms()}),
+        )?;
+        Ok(output)
+    }
+}

@@ -1,0 +1,541 @@
+//! The agent loop against scripted models: planning, parallel subtasks, tools, reflection with
+//! retry and replanning, each guard, malformed replies, cancellation, and resuming after the
+//! run was cut off — with the journal checked record by record.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autoglm_agent::{Agent, AgentConfig, Status, TaskOutcome};
+use autoglm_llm::{
+    BoxFuture, Capabilities, ChatRequest, ChatResponse, DeltaSink, LlmClient, LlmError,
+    ScriptedClient,
+};
+use autoglm_store::Store;
+use autoglm_tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
+use serde_json::{Value, json};
+
+/// A model whose reply depends on the request (so concurrent subtasks get the right one),
+/// optionally slow, counting calls.
+struct Router {
+    f: Box<dyn Fn(&ChatRequest) -> ChatResponse + Send + Sync>,
+    delay: Duration,
+    calls: AtomicUsize,
+    /// From this call on, never answer (a process that died mid-call).
+    hang_from: usize,
+}
+
+impl LlmClient for Router {
+    fn describe(&self) -> String {
+        "router".into()
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { constrained: false }
+    }
+    fn chat<'a>(
+        &'a self,
+        req: &'a ChatRequest,
+        _d: Option<DeltaSink>,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            if self.calls.fetch_add(1, Ordering::SeqCst) >= self.hang_from {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(self.delay).await;
+            Ok((self.f)(req))
+        })
+    }
+}
+
+fn router(
+    delay_ms: u64,
+    f: impl Fn(&ChatRequest) -> ChatResponse + Send + Sync + 'static,
+) -> Arc<Router> {
+    Arc::new(Router {
+        f: Box::new(f),
+        delay: Duration::from_millis(delay_ms),
+        calls: AtomicUsize::new(0),
+        hang_from: usize::MAX,
+    })
+}
+
+fn last_user(req: &ChatRequest) -> String {
+    req.messages
+        .iter()
+        .rev()
+        .find(|m| m.role == autoglm_llm::Role::User)
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
+}
+
+fn is_plan(req: &ChatRequest) -> bool {
+    req.messages[0].content.starts_with("You plan tasks")
+}
+
+fn is_check(req: &ChatRequest) -> bool {
+    req.messages[0].content.starts_with("You check results")
+}
+
+fn plan(steps: &[(&str, &[usize])]) -> ChatResponse {
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|(t, d)| json!({"task": t, "depends_on": d}))
+        .collect();
+    ChatResponse::text(json!({ "steps": steps }).to_string())
+}
+
+fn ok() -> ChatResponse {
+    ChatResponse::text(r#"{"ok": true, "reason": "fine"}"#)
+}
+
+/// Counts its calls; echoes its argument.
+struct Counter(Arc<AtomicUsize>);
+
+impl Tool for Counter {
+    fn name(&self) -> &str {
+        "counter"
+    }
+    fn description(&self) -> &str {
+        "counts"
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]})
+    }
+    fn call<'a>(
+        &'a self,
+        args: Value,
+        _ctx: &'a ToolContext,
+    ) -> BoxFuture<'a, Result<ToolOutput, ToolError>> {
+        Box::pin(async move {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(ToolOutput::text(format!("counted {}", args["x"])))
+        })
+    }
+}
+
+struct Setup {
+    agent: Agent,
+    store: Arc<Store>,
+    _dir: tempfile::TempDir,
+    ws: std::path::PathBuf,
+    counted: Arc<AtomicUsize>,
+}
+
+fn setup(llm: Arc<dyn LlmClient>, cfg: AgentConfig) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("state.db")).unwrap());
+    let counted = Arc::new(AtomicUsize::new(0));
+    let mut tools = ToolRegistry::builtin();
+    tools.add(Arc::new(Counter(counted.clone())));
+    let ws = dir.path().join("ws");
+    Setup {
+        agent: Agent::new(llm, tools, store.clone(), cfg),
+        store,
+        _dir: dir,
+        ws,
+        counted,
+    }
+}
+
+fn kinds(o: &TaskOutcome) -> Vec<String> {
+    o.steps
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn plan_tool_call_reflection_answer() {
+    let llm = Arc::new(ScriptedClient::new(vec![
+        plan(&[("Compute 17 * 23 with the calculator", &[])]),
+        ChatResponse::call("calculator", json!({"expression": "17 * 23"})),
+        ChatResponse::text("17 * 23 = 391"),
+        ok(),
+    ]));
+    let s = setup(llm.clone(), AgentConfig::default());
+    let o = s.agent.run("What is 17 * 23?", s.ws.clone()).await.unwrap();
+    assert_eq!(o.status, Status::Succeeded, "{o:?}");
+    assert_eq!(o.answer.as_deref(), Some("17 * 23 = 391"));
+    assert_eq!(
+        kinds(&o),
+        [
+            "model_call",
+            "plan",
+            "model_call",
+            "tool_call",
+            "tool_result",
+            "model_call",
+            "model_call",
+            "reflection",
+            "final"
+        ]
+    );
+    let call = o.steps.iter().find(|s| s["kind"] == "tool_call").unwrap();
+    assert_eq!(call["tool"], "calculator");
+    assert_eq!(call["arguments"], json!({"expression": "17 * 23"}));
+    let result = o.steps.iter().find(|s| s["kind"] == "tool_result").unwrap();
+    assert_eq!(result["output"], "391");
+    for st in &o.steps {
+        assert!(st["started_ms"].as_i64() <= st["ended_ms"].as_i64(), "{st}");
+    }
+    // The step named the calculator, so the first round asked for it by name.
+    let reqs = llm.requests();
+    assert_eq!(
+        reqs[1].tool_choice,
+        autoglm_llm::ToolChoice::Function("calculator".into())
+    );
+    // The tool result went back to the model as a tool message.
+    assert_eq!(reqs[2].messages.last().unwrap().content, "391");
+    // The outcome is stored, and remembered for later goals.
+    assert_eq!(s.store.task(&o.task_id).unwrap().status, "succeeded");
+    let mem = s.store.search_memory("default", "17 * 23", 3).unwrap();
+    assert!(mem[0].text.contains("391"), "{mem:?}");
+    assert_eq!(o.to_json()["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn independent_subtasks_run_concurrently_and_feed_the_next() {
+    let llm = router(150, |req| {
+        let u = last_user(req);
+        if is_plan(req) {
+            plan(&[
+                ("find A", &[]),
+                ("find B", &[]),
+                ("combine A and B", &[1, 2]),
+            ])
+        } else if is_check(req) {
+            ok()
+        } else if u.contains("This step: find A") {
+            ChatResponse::text("A is 1")
+        } else if u.contains("This step: find B") {
+            ChatResponse::text("B is 2")
+        } else if u.contains("This step: combine") {
+            assert!(u.contains("A is 1") && u.contains("B is 2"), "{u}");
+            ChatResponse::text("A+B is 3")
+        } else {
+            ChatResponse::text("The answer is 3")
+        }
+    });
+    let s = setup(llm.clone(), AgentConfig::default());
+    let o = s.agent.run("Add A and B", s.ws.clone()).await.unwrap();
+    assert_eq!(o.status, Status::Succeeded, "{o:?}");
+    assert_eq!(o.answer.as_deref(), Some("The answer is 3"));
+    // Steps 1 and 2 overlapped in time; step 3 started after both ended.
+    let span = |sub: u64| {
+        let calls: Vec<&Value> = o
+            .steps
+            .iter()
+            .filter(|s| {
+                s["kind"] == "model_call" && s["subtask"] == sub && s["purpose"] == "execute"
+            })
+            .collect();
+        (
+            calls[0]["started_ms"].as_i64().unwrap(),
+            calls[0]["ended_ms"].as_i64().unwrap(),
+        )
+    };
+    let (a, b, c) = (span(1), span(2), span(3));
+    assert!(a.0 < b.1 && b.0 < a.1, "{a:?} {b:?}");
+    assert!(c.0 >= a.1.max(b.1), "{c:?}");
+}
+
+#[tokio::test]
+async fn a_failed_check_retries_the_step_then_replans() {
+    // The step's first answer fails its check; the retry passes.
+    let tries = Arc::new(AtomicUsize::new(0));
+    let t = tries.clone();
+    let llm = router(0, move |req| {
+        if is_plan(req) {
+            plan(&[("answer", &[])])
+        } else if is_check(req) {
+            if last_user(req).contains("Result: wrong") {
+                ChatResponse::text(r#"{"ok": false, "reason": "not right"}"#)
+            } else {
+                ok()
+            }
+        } else if t.fetch_add(1, Ordering::SeqCst) == 0 {
+            ChatResponse::text("wrong")
+        } else {
+            assert!(
+                last_user(req).contains("not right"),
+                "feedback reaches the retry"
+            );
+            ChatResponse::text("right")
+        }
+    });
+    let s = setup(llm, AgentConfig::default());
+    let o = s.agent.run("Answer", s.ws.clone()).await.unwrap();
+    assert_eq!(
+        (o.status.clone(), o.answer.as_deref()),
+        (Status::Succeeded, Some("right"))
+    );
+    let checks: Vec<bool> = o
+        .steps
+        .iter()
+        .filter(|s| s["kind"] == "reflection")
+        .map(|s| s["ok"].as_bool().unwrap())
+        .collect();
+    assert_eq!(checks, [false, true]);
+
+    // Always wrong: retries run out, a new plan is made (with the reason), then the task fails.
+    let llm = router(0, |req| {
+        if is_plan(req) {
+            plan(&[("answer", &[])])
+        } else if is_check(req) {
+            ChatResponse::text(r#"{"ok": false, "reason": "still wrong"}"#)
+        } else {
+            ChatResponse::text("wrong")
+        }
+    });
+    let s = setup(llm, AgentConfig::default());
+    let o = s.agent.run("Answer", s.ws.clone()).await.unwrap();
+    assert!(
+        matches!(&o.status, Status::Failed(r) if r.contains("still wrong")),
+        "{o:?}"
+    );
+    let plans: Vec<&Value> = o.steps.iter().filter(|s| s["kind"] == "plan").collect();
+    assert_eq!(plans.len(), 2);
+    assert_eq!(plans[1]["replan"], true);
+    assert!(
+        plans[1]["feedback"]
+            .as_str()
+            .unwrap()
+            .contains("still wrong")
+    );
+}
+
+#[tokio::test]
+async fn guards_stop_loops_and_budgets() {
+    // The same call again: the model is told and asked for its answer; the task still ends well.
+    let llm = Arc::new(ScriptedClient::new(vec![
+        plan(&[("count x", &[])]),
+        ChatResponse::call("counter", json!({"x": "a"})),
+        ChatResponse::call("counter", json!({"x": "a"})),
+        ChatResponse::text("counted a"),
+        ok(),
+    ]));
+    let s = setup(llm.clone(), AgentConfig::default());
+    let o = s.agent.run("Count", s.ws.clone()).await.unwrap();
+    assert_eq!(o.status, Status::Succeeded, "{o:?}");
+    assert_eq!(
+        s.counted.load(Ordering::SeqCst),
+        1,
+        "the repeat was not executed"
+    );
+    assert!(o.steps.iter().any(|s| s["guard"] == "repeated_action"));
+    assert_eq!(llm.requests()[3].tool_choice, autoglm_llm::ToolChoice::None);
+
+    // A model that only ever calls tools: the round limit, then retries and replans, then failure.
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    let llm = router(0, move |req| {
+        if is_plan(req) {
+            plan(&[("count forever", &[])])
+        } else {
+            let i = n2.fetch_add(1, Ordering::SeqCst);
+            ChatResponse::call("counter", json!({"x": i.to_string()}))
+        }
+    });
+    let cfg = AgentConfig {
+        max_rounds: 3,
+        ..AgentConfig::default()
+    };
+    let s = setup(llm, cfg);
+    let o = s.agent.run("Count", s.ws.clone()).await.unwrap();
+    assert!(
+        matches!(&o.status, Status::Failed(r) if r.contains("3 rounds")),
+        "{o:?}"
+    );
+
+    // Step budget.
+    let llm = router(0, |req| {
+        if is_plan(req) {
+            plan(&[("a", &[]), ("b", &[1]), ("c", &[2])])
+        } else if is_check(req) {
+            ok()
+        } else {
+            ChatResponse::text("done")
+        }
+    });
+    let s = setup(
+        llm,
+        AgentConfig {
+            max_steps: 4,
+            ..AgentConfig::default()
+        },
+    );
+    let o = s.agent.run("Three things", s.ws.clone()).await.unwrap();
+    assert!(
+        matches!(&o.status, Status::BudgetExhausted(r) if r.contains("step limit (4)")),
+        "{o:?}"
+    );
+    assert_eq!(
+        o.steps.iter().filter(|s| s["kind"] == "model_call").count(),
+        4
+    );
+    assert_eq!(s.store.task(&o.task_id).unwrap().status, "budget_exhausted");
+
+    // Token budget (every reply reports usage).
+    let llm = router(0, |req| {
+        let mut r = if is_plan(req) {
+            plan(&[("a", &[])])
+        } else {
+            ChatResponse::text("x")
+        };
+        r.usage.prompt_tokens = 600;
+        r
+    });
+    let s = setup(
+        llm,
+        AgentConfig {
+            max_tokens: 1000,
+            ..AgentConfig::default()
+        },
+    );
+    let o = s.agent.run("Spend", s.ws.clone()).await.unwrap();
+    assert!(
+        matches!(&o.status, Status::BudgetExhausted(r) if r.contains("token budget")),
+        "{o:?}"
+    );
+    assert_eq!(o.usage.prompt_tokens, 1200);
+
+    // Wall clock.
+    let llm = router(300, |req| {
+        if is_plan(req) {
+            plan(&[("slow", &[])])
+        } else {
+            ChatResponse::text("x")
+        }
+    });
+    let s = setup(
+        llm,
+        AgentConfig {
+            max_duration: Duration::from_millis(200),
+            ..AgentConfig::default()
+        },
+    );
+    let o = s.agent.run("Slow", s.ws.clone()).await.unwrap();
+    assert!(
+        matches!(&o.status, Status::BudgetExhausted(r) if r.contains("time limit")),
+        "{o:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_replies_are_asked_again_with_the_error() {
+    let llm = Arc::new(ScriptedClient::new(vec![
+        ChatResponse::text("Sure, I will plan it!"),
+        ChatResponse::text(
+            "```json\n{\"steps\": [{\"task\": \"say hi\", \"depends_on\": []}]}\n```",
+        ),
+        // A call with arguments that are not an object: the error goes back as the result.
+        ChatResponse::call("counter", json!("x=1")),
+        ChatResponse::call("counter", json!({"x": "1"})),
+        ChatResponse::text("hi"),
+        ChatResponse::text("looks fine to me"),
+        ok(),
+    ]));
+    let s = setup(llm.clone(), AgentConfig::default());
+    let o = s.agent.run("Say hi", s.ws.clone()).await.unwrap();
+    assert_eq!(o.status, Status::Succeeded, "{o:?}");
+    let reqs = llm.requests();
+    assert!(
+        last_user(&reqs[1]).contains("no JSON object"),
+        "{:?}",
+        reqs[1]
+    );
+    assert_eq!(
+        reqs[3].messages.last().unwrap().content,
+        "error: invalid arguments: arguments must be a JSON object, got \"x=1\""
+    );
+    assert!(last_user(&reqs[6]).contains("could not be used"));
+    assert_eq!(s.counted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn cancellation_ends_the_task_cancelled() {
+    let llm = router(200, |req| {
+        if is_plan(req) {
+            plan(&[("wait", &[])])
+        } else {
+            ChatResponse::text("x")
+        }
+    });
+    let s = setup(llm, AgentConfig::default());
+    let cancel = s.agent.cancel_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    });
+    let o = s.agent.run("Wait", s.ws.clone()).await.unwrap();
+    assert_eq!(o.status, Status::Cancelled, "{o:?}");
+    assert_eq!(s.store.task(&o.task_id).unwrap().status, "cancelled");
+}
+
+#[tokio::test]
+async fn a_run_cut_off_resumes_without_repeating_calls() {
+    let script = || {
+        vec![
+            plan(&[("count a", &[]), ("count b", &[1])]),
+            ChatResponse::call("counter", json!({"x": "a"})),
+            ChatResponse::text("a counted"),
+            ok(),
+            ChatResponse::call("counter", json!({"x": "b"})),
+            ChatResponse::text("b counted"),
+            ok(),
+            ChatResponse::text("both counted"),
+            ok(),
+        ]
+    };
+    // First run: the model stops answering after the first step's check, as if the process
+    // died there; the run is dropped mid-flight.
+    let first = Arc::new(Mutex::new(script()));
+    let f2 = first.clone();
+    let llm = Arc::new(Router {
+        f: Box::new(move |_req| f2.lock().unwrap().remove(0)),
+        delay: Duration::ZERO,
+        calls: AtomicUsize::new(0),
+        hang_from: 4,
+    });
+    let s = setup(llm.clone(), AgentConfig::default());
+    let cut = tokio::time::timeout(
+        Duration::from_millis(500),
+        s.agent.run("Count a then b", s.ws.clone()),
+    )
+    .await;
+    assert!(cut.is_err(), "the first run was cut off");
+    let tasks = s.store.tasks(None, 10).unwrap();
+    let id = tasks[0].id.clone();
+    assert_eq!(tasks[0].status, "running");
+    let done_before = s.store.records(&id).unwrap().len();
+    assert!(done_before >= 6, "{done_before}");
+    assert_eq!(s.counted.load(Ordering::SeqCst), 1);
+
+    // Resume with a model that has only the remaining replies.
+    let rest = Arc::new(ScriptedClient::new(script().split_off(4)));
+    let mut tools = ToolRegistry::builtin();
+    tools.add(Arc::new(Counter(s.counted.clone())));
+    let agent = Agent::new(rest.clone(), tools, s.store.clone(), AgentConfig::default());
+    let o = agent.resume(&id).await.unwrap();
+    assert_eq!(o.status, Status::Succeeded, "{o:?}");
+    assert_eq!(o.answer.as_deref(), Some("both counted"));
+    assert_eq!(
+        rest.remaining(),
+        0,
+        "every remaining reply used, none of the first"
+    );
+    assert_eq!(
+        s.counted.load(Ordering::SeqCst),
+        2,
+        "the first tool call was not repeated"
+    );
+    // Usage counts every model call once, the replayed ones included.
+    assert_eq!(
+        o.steps.iter().filter(|s| s["kind"] == "model_call").count(),
+        9
+    );
+    assert!(
+        agent.resume(&id).await.is_err(),
+        "an ended task cannot be resumed"
+    );
+}
