@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub tenant: String,
     /// Memories recalled at planning time.
     pub recall: usize,
+    /// Where tasks without a workspace of their own get one (`<this>/<task id>`).
+    pub workspaces: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -67,6 +69,7 @@ impl Default for AgentConfig {
             temperature: 0.0,
             tenant: "default".into(),
             recall: 3,
+            workspaces: std::env::temp_dir().join("autoglm-workspaces"),
         }
     }
 }
@@ -225,9 +228,15 @@ impl Agent {
         self.cancel.clone()
     }
 
-    /// Creates a task for `goal` working in `workspace` and runs it to its end.
-    pub async fn run(&self, goal: &str, workspace: PathBuf) -> Result<TaskOutcome, AgentError> {
+    /// Creates a task for `goal` working in `workspace` (default: a fresh folder under
+    /// `AgentConfig::workspaces`) and runs it to its end.
+    pub async fn run(
+        &self,
+        goal: &str,
+        workspace: Option<PathBuf>,
+    ) -> Result<TaskOutcome, AgentError> {
         let id = new_task_id();
+        let workspace = workspace.unwrap_or_else(|| self.cfg.workspaces.join(&id));
         std::fs::create_dir_all(&workspace).map_err(|source| AgentError::Workspace {
             path: workspace.display().to_string(),
             source,

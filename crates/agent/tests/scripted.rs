@@ -153,7 +153,11 @@ async fn plan_tool_call_reflection_answer() {
         ok(),
     ]));
     let s = setup(llm.clone(), AgentConfig::default());
-    let o = s.agent.run("What is 17 * 23?", s.ws.clone()).await.unwrap();
+    let o = s
+        .agent
+        .run("What is 17 * 23?", Some(s.ws.clone()))
+        .await
+        .unwrap();
     assert_eq!(o.status, Status::Succeeded, "{o:?}");
     assert_eq!(o.answer.as_deref(), Some("17 * 23 = 391"));
     assert_eq!(
@@ -217,7 +221,11 @@ async fn independent_subtasks_run_concurrently_and_feed_the_next() {
         }
     });
     let s = setup(llm.clone(), AgentConfig::default());
-    let o = s.agent.run("Add A and B", s.ws.clone()).await.unwrap();
+    let o = s
+        .agent
+        .run("Add A and B", Some(s.ws.clone()))
+        .await
+        .unwrap();
     assert_eq!(o.status, Status::Succeeded, "{o:?}");
     assert_eq!(o.answer.as_deref(), Some("The answer is 3"));
     // Steps 1 and 2 overlapped in time; step 3 started after both ended.
@@ -264,7 +272,7 @@ async fn a_failed_check_retries_the_step_then_replans() {
         }
     });
     let s = setup(llm, AgentConfig::default());
-    let o = s.agent.run("Answer", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Answer", Some(s.ws.clone())).await.unwrap();
     assert_eq!(
         (o.status.clone(), o.answer.as_deref()),
         (Status::Succeeded, Some("right"))
@@ -288,7 +296,7 @@ async fn a_failed_check_retries_the_step_then_replans() {
         }
     });
     let s = setup(llm, AgentConfig::default());
-    let o = s.agent.run("Answer", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Answer", Some(s.ws.clone())).await.unwrap();
     assert!(
         matches!(&o.status, Status::Failed(r) if r.contains("still wrong")),
         "{o:?}"
@@ -315,7 +323,7 @@ async fn guards_stop_loops_and_budgets() {
         ok(),
     ]));
     let s = setup(llm.clone(), AgentConfig::default());
-    let o = s.agent.run("Count", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Count", Some(s.ws.clone())).await.unwrap();
     assert_eq!(o.status, Status::Succeeded, "{o:?}");
     assert_eq!(
         s.counted.load(Ordering::SeqCst),
@@ -341,7 +349,7 @@ async fn guards_stop_loops_and_budgets() {
         ..AgentConfig::default()
     };
     let s = setup(llm, cfg);
-    let o = s.agent.run("Count", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Count", Some(s.ws.clone())).await.unwrap();
     assert!(
         matches!(&o.status, Status::Failed(r) if r.contains("3 rounds")),
         "{o:?}"
@@ -364,7 +372,11 @@ async fn guards_stop_loops_and_budgets() {
             ..AgentConfig::default()
         },
     );
-    let o = s.agent.run("Three things", s.ws.clone()).await.unwrap();
+    let o = s
+        .agent
+        .run("Three things", Some(s.ws.clone()))
+        .await
+        .unwrap();
     assert!(
         matches!(&o.status, Status::BudgetExhausted(r) if r.contains("step limit (4)")),
         "{o:?}"
@@ -392,7 +404,7 @@ async fn guards_stop_loops_and_budgets() {
             ..AgentConfig::default()
         },
     );
-    let o = s.agent.run("Spend", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Spend", Some(s.ws.clone())).await.unwrap();
     assert!(
         matches!(&o.status, Status::BudgetExhausted(r) if r.contains("token budget")),
         "{o:?}"
@@ -414,7 +426,7 @@ async fn guards_stop_loops_and_budgets() {
             ..AgentConfig::default()
         },
     );
-    let o = s.agent.run("Slow", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Slow", Some(s.ws.clone())).await.unwrap();
     assert!(
         matches!(&o.status, Status::BudgetExhausted(r) if r.contains("time limit")),
         "{o:?}"
@@ -436,7 +448,7 @@ async fn malformed_replies_are_asked_again_with_the_error() {
         ok(),
     ]));
     let s = setup(llm.clone(), AgentConfig::default());
-    let o = s.agent.run("Say hi", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Say hi", Some(s.ws.clone())).await.unwrap();
     assert_eq!(o.status, Status::Succeeded, "{o:?}");
     let reqs = llm.requests();
     assert!(
@@ -467,7 +479,7 @@ async fn cancellation_ends_the_task_cancelled() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cancel.cancel();
     });
-    let o = s.agent.run("Wait", s.ws.clone()).await.unwrap();
+    let o = s.agent.run("Wait", Some(s.ws.clone())).await.unwrap();
     assert_eq!(o.status, Status::Cancelled, "{o:?}");
     assert_eq!(s.store.task(&o.task_id).unwrap().status, "cancelled");
 }
@@ -500,7 +512,7 @@ async fn a_run_cut_off_resumes_without_repeating_calls() {
     let s = setup(llm.clone(), AgentConfig::default());
     let cut = tokio::time::timeout(
         Duration::from_millis(500),
-        s.agent.run("Count a then b", s.ws.clone()),
+        s.agent.run("Count a then b", Some(s.ws.clone())),
     )
     .await;
     assert!(cut.is_err(), "the first run was cut off");

@@ -1,6 +1,7 @@
 //! `autoglm`: the command line. Wiring only — parsing arguments, resolving models through the
 //! hub, and printing what the library crates return. Exit status: 0 success, 1 failure, 2 usage.
 
+mod agent_cmd;
 mod model_cmd;
 
 use std::io::{BufRead, Write};
@@ -25,6 +26,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Carry out GOAL with the agent: plan, tools, checks; the answer on stdout.
+    Run {
+        #[command(flatten)]
+        backend: agent_cmd::BackendArgs,
+        /// The task's working folder (default: a new one under $AUTOGLM_HOME/workspaces).
+        #[arg(long)]
+        workspace: Option<std::path::PathBuf>,
+        /// Print exactly one JSON object (task_id, status, answer, steps, usage) on stdout.
+        #[arg(long)]
+        json: bool,
+        goal: String,
+    },
+    /// List tasks, newest first.
+    Tasks {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue unfinished tasks from their journals (all of them when no id is given).
+    Resume {
+        #[command(flatten)]
+        backend: agent_cmd::BackendArgs,
+        #[arg(long)]
+        json: bool,
+        task_id: Option<String>,
+    },
+    /// Show a task's steps as a tree with timings and token counts.
+    Trace {
+        #[arg(long)]
+        json: bool,
+        task_id: String,
+    },
     /// Print the token ids of TEXT as a JSON array (no BOS added).
     Tokenize {
         #[command(flatten)]
@@ -173,6 +205,31 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Agent commands report the task's end in their exit status.
+    let agent_result = match &cli.command {
+        Command::Run {
+            backend,
+            workspace,
+            json,
+            goal,
+        } => Some(agent_cmd::run(backend, workspace.clone(), *json, goal)),
+        Command::Resume {
+            backend,
+            json,
+            task_id,
+        } => Some(agent_cmd::resume(backend, task_id.as_deref(), *json)),
+        _ => None,
+    };
+    if let Some(r) = agent_result {
+        return match r {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -316,6 +373,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Model { command } => model_cmd::run(command),
+        Command::Tasks { json } => agent_cmd::tasks(json),
+        Command::Trace { json, task_id } => agent_cmd::trace(&task_id, json),
+        Command::Run { .. } | Command::Resume { .. } => unreachable!("handled in main"),
     }
 }
 

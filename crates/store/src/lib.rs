@@ -80,6 +80,15 @@ CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
 END;
 ";
 
+/// Words that match nearly every memory: searching by them recalls noise (and small models
+/// follow whatever they are shown).
+const STOPWORDS: &[&str] = &[
+    "a", "an", "and", "answer", "are", "as", "at", "be", "by", "can", "could", "do", "does", "for",
+    "from", "give", "goal", "how", "i", "if", "in", "is", "it", "me", "my", "of", "on", "or",
+    "please", "should", "tell", "that", "the", "then", "this", "to", "use", "using", "was", "we",
+    "what", "when", "where", "which", "who", "why", "will", "with", "would", "you", "your",
+];
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -292,7 +301,7 @@ impl Store {
     pub fn search_memory(&self, tenant: &str, query: &str, limit: usize) -> Result<Vec<Memory>> {
         let terms: Vec<String> = query
             .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
+            .filter(|w| !w.is_empty() && !STOPWORDS.contains(&w.to_lowercase().as_str()))
             .take(32)
             .map(|w| format!("\"{w}\""))
             .collect();
@@ -420,6 +429,12 @@ mod tests {
         assert_eq!(hits.len(), 2, "{hits:?}");
         assert!(hits[0].text.contains("due on the 5th"), "{hits:?}");
         assert!(hits.iter().all(|h| !h.text.contains("tenant b")));
+        // Common words alone recall nothing.
+        assert!(
+            s.search_memory("a", "What is the answer?", 5)
+                .unwrap()
+                .is_empty()
+        );
         // FTS5 operators and quotes in user text are just words.
         assert!(s.search_memory("a", "\"unbalanced AND (", 5).is_ok());
         assert!(s.search_memory("a", "  ", 5).unwrap().is_empty());
