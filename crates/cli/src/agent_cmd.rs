@@ -382,7 +382,9 @@ pub fn trace(id: &str, json_out: bool) -> Result<()> {
 fn tree(steps: &[Value]) -> Value {
     fn insert(node: &mut Value, path: &[&str], step: &Value) {
         let Some((head, rest)) = path.split_first() else {
-            node["records"].as_array_mut().map(|a| a.push(step.clone()));
+            if let Some(a) = node["records"].as_array_mut() {
+                a.push(step.clone());
+            }
             return;
         };
         let children = node["children"].as_array_mut();
