@@ -330,3 +330,219 @@ fn serve_works_with_the_official_openai_client() {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("unknown model: ok"), "{}", stdout(&o));
 }
+
+/// `autoglm` with its state in `home` (a fresh $AUTOGLM_HOME).
+fn autoglm_in(home: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args(args)
+        .env("AUTOGLM_HOME", home)
+        .output()
+        .expect("binary runs")
+}
+
+/// The `run --json` contract, and a calculator call with a well-formed expression.
+fn check_run_json(o: &Output) -> Value {
+    let out = stdout(o);
+    let v: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{out}\n{}", stderr(o)));
+    for k in ["task_id", "status", "answer", "steps", "usage"] {
+        assert!(v.get(k).is_some(), "missing {k}: {v}");
+    }
+    let kinds = [
+        "plan",
+        "model_call",
+        "tool_call",
+        "tool_result",
+        "reflection",
+        "guard",
+        "final",
+    ];
+    for s in v["steps"].as_array().unwrap() {
+        assert!(kinds.contains(&s["kind"].as_str().unwrap()), "{s}");
+        assert!(s["started_ms"].is_i64() && s["ended_ms"].is_i64(), "{s}");
+    }
+    let call = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "tool_call")
+        .unwrap_or_else(|| panic!("no tool call: {v}"));
+    assert_eq!(call["tool"], "calculator", "{v}");
+    let expr = call["arguments"]["expression"].as_str().unwrap();
+    assert!(autoglm_tools::evaluate(expr).is_ok(), "{expr}");
+    v
+}
+
+#[test]
+fn run_on_the_embedded_model_calls_the_calculator_and_is_traced() {
+    ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
+    let o = autoglm_in(
+        home.path(),
+        &["run", "--json", "What is 17 * 23? Use the calculator."],
+    );
+    let v = check_run_json(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(if v["status"] == "succeeded" { 0 } else { 1 })
+    );
+    eprintln!("answer: {} ({})", v["answer"], v["status"]);
+    let id = v["task_id"].as_str().unwrap();
+
+    let tasks = autoglm_in(home.path(), &["tasks", "--json"]);
+    let list: Value = serde_json::from_str(&stdout(&tasks)).unwrap();
+    assert_eq!(list[0]["task_id"], id);
+
+    let t = autoglm_in(home.path(), &["trace", id]);
+    assert!(t.status.success(), "{}", stderr(&t));
+    assert!(
+        stdout(&t).contains("tool_call calculator"),
+        "{}",
+        stdout(&t)
+    );
+    let tj = autoglm_in(home.path(), &["trace", "--json", id]);
+    let tv: Value = serde_json::from_str(&stdout(&tj)).unwrap();
+    assert_eq!(tv["steps"], v["steps"]);
+    assert_eq!(tv["tree"]["children"][0]["name"], "plan0");
+
+    let bad = autoglm_in(home.path(), &["trace", "nope"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("no task nope"), "{}", stderr(&bad));
+    let bad = autoglm_in(home.path(), &["run"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = autoglm_in(home.path(), &["run", "--backend", "openai", "hi"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("--base-url"), "{}", stderr(&bad));
+    let bad = autoglm_in(home.path(), &["run", "--tools", "teleport", "hi"]);
+    assert!(
+        stderr(&bad).contains("available: calculator"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+/// A running `autoglm serve` on a free port, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    ensure("smollm2-135m");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args(["serve", "--port", "0", "--threads", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let err = child.stderr.take().unwrap();
+    let url = BufReader::new(err)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_string)
+        })
+        .expect("server prints its address");
+    Server { child, url }
+}
+
+#[test]
+fn run_through_our_own_server_over_http() {
+    let server = start_server();
+    let home = tempfile::tempdir().unwrap();
+    let o = autoglm_in(
+        home.path(),
+        &[
+            "run",
+            "--json",
+            "--backend",
+            "openai",
+            "--base-url",
+            &server.url,
+            "What is 17 * 23? Use the calculator.",
+        ],
+    );
+    let v = check_run_json(&o);
+    eprintln!("answer over HTTP: {} ({})", v["answer"], v["status"]);
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_run_killed_mid_task_resumes_without_repeating_calls() {
+    ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("autoglm.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args([
+            "run",
+            "--threads",
+            "2",
+            "What is 17 * 23? Use the calculator.",
+        ])
+        .env("AUTOGLM_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill -9 as soon as the plan's model call is journaled: the task is mid-way.
+    let t0 = std::time::Instant::now();
+    let id = loop {
+        assert!(t0.elapsed().as_secs() < 120, "no journal appeared");
+        if let Ok(store) = autoglm_store::Store::open(&db)
+            && let Ok(tasks) = store.tasks(None, 1)
+            && let Some(t) = tasks.first()
+            && store.records(&t.id).is_ok_and(|r| !r.is_empty())
+        {
+            break t.id.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = autoglm_store::Store::open(&db).unwrap();
+    let before = store.records(&id).unwrap();
+    let finished_first = before.iter().any(|r| r.kind == "final");
+    eprintln!(
+        "killed after {} records (finished: {finished_first})",
+        before.len()
+    );
+
+    let o = autoglm_in(home.path(), &["resume", "--json", "--threads", "2"]);
+    let after = store.records(&id).unwrap();
+    assert!(
+        after.iter().any(|r| r.kind == "final"),
+        "resumed to the end: {}",
+        stderr(&o)
+    );
+    // Every record written before the kill is still first, and no key was journaled twice.
+    assert_eq!(after[..before.len()], before[..]);
+    let mut keys: Vec<(String, String)> = after
+        .iter()
+        .filter(|r| r.kind != "guard")
+        .map(|r| {
+            (
+                r.kind.clone(),
+                r.payload["key"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        n,
+        "a model or tool call was repeated: {after:?}"
+    );
+    assert_ne!(store.task(&id).unwrap().status, "running");
+}
