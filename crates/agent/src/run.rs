@@ -162,6 +162,15 @@ pub(crate) fn outcome_from(task: &TaskRow, records: &[Record]) -> TaskOutcome {
     }
 }
 
+/// The answer without a wrapper echoed from the conversation format: small models asked for
+/// text right after a tool result sometimes answer `<tool_response>391</tool_response>`.
+fn unwrap_echo(text: &str) -> &str {
+    let t = text.trim();
+    t.strip_prefix("<tool_response>")
+        .and_then(|r| r.strip_suffix("</tool_response>"))
+        .map_or(t, str::trim)
+}
+
 /// Arguments in a canonical text form, to recognise a repeated action.
 fn signature(call: &ToolCall) -> (String, String) {
     (call.name.clone(), call.arguments.to_string())
@@ -288,7 +297,22 @@ impl TaskRun<'_> {
         earlier: &[(String, String)],
         feedback: Option<&str>,
     ) -> Result<Result<String, String>, Stop> {
-        let names: Vec<String> = self.tool_defs.iter().map(|t| t.name.clone()).collect();
+        // Tools the step or the goal names are the ones offered (all of them when none is
+        // named): a short tool list keeps small models on task and prompts short.
+        let text = format!("{} {}", s.task, self.goal).to_lowercase();
+        let mentioned = |n: &str| text.contains(&n.replace('_', " ")) || text.contains(n);
+        let named_defs: Vec<ToolDef> = self
+            .tool_defs
+            .iter()
+            .filter(|t| mentioned(&t.name))
+            .cloned()
+            .collect();
+        let defs = if named_defs.is_empty() {
+            self.tool_defs.clone()
+        } else {
+            named_defs
+        };
+        let names: Vec<String> = defs.iter().map(|t| t.name.clone()).collect();
         let mut user = prompts::executor_user(&self.goal, &s.task, earlier);
         if let Some(f) = feedback {
             user.push('\n');
@@ -300,10 +324,7 @@ impl TaskRun<'_> {
         ];
         // A tool the step or the goal names is called first: small models need the nudge,
         // large ones would call it anyway.
-        let text = format!("{} {}", s.task, self.goal).to_lowercase();
-        let named = names
-            .iter()
-            .find(|n| text.contains(&n.replace('_', " ")) || text.contains(n.as_str()));
+        let named = names.iter().find(|n| mentioned(n));
         let mut seen: HashMap<(String, String), String> = HashMap::new();
         let mut repeats = 0;
         let mut force_text = false;
@@ -316,12 +337,12 @@ impl TaskRun<'_> {
             };
             let mut req = self.request(messages.clone());
             if choice != ToolChoice::None {
-                req.tools = self.tool_defs.clone();
+                req.tools = defs.clone();
             }
             req.tool_choice = choice;
             let resp = self.model_call(&rkey, "execute", s.id, &req).await?;
             if resp.tool_calls.is_empty() {
-                let answer = resp.content.trim();
+                let answer = unwrap_echo(&resp.content);
                 if answer.is_empty() {
                     return Ok(Err("the model gave an empty answer".into()));
                 }
@@ -616,5 +637,21 @@ impl TaskRun<'_> {
                    "started_ms": started, "ended_ms": now_ms()}),
         )?;
         Ok(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn echoed_wrappers_are_removed() {
+        assert_eq!(
+            super::unwrap_echo("<tool_response>\n391\n</tool_response>"),
+            "391"
+        );
+        assert_eq!(super::unwrap_echo(" 391 "), "391");
+        assert_eq!(
+            super::unwrap_echo("<tool_response>half"),
+            "<tool_response>half"
+        );
     }
 }

@@ -115,7 +115,7 @@ fn client(b: &BackendArgs) -> Result<Arc<dyn LlmClient>> {
 }
 
 fn agent(b: &BackendArgs, store: Arc<Store>) -> Result<Agent> {
-    let all = ToolRegistry::builtin();
+    let all = ToolRegistry::with_memory(store.clone(), &AgentConfig::default().tenant);
     let tools = match &b.tools {
         None => all,
         Some(names) => all.select(names)?,

@@ -454,3 +454,142 @@ mod tests {
         ));
     }
 }
+
+/// A query result as text: a header line, then rows, values separated by " | ".
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// More rows existed than were returned.
+    pub truncated: bool,
+    /// Rows changed by a writing statement.
+    pub changed: usize,
+}
+
+/// Runs one SQL statement against the SQLite file at `path` (the `sql` tool). Read-only
+/// unless `allow_writes`: the file is opened with SQLite's read-only flag, so no statement can
+/// change it, whatever it says. At most `max_rows` rows come back.
+pub fn query_file(
+    path: &Path,
+    sql: &str,
+    allow_writes: bool,
+    max_rows: usize,
+) -> Result<QueryResult> {
+    use rusqlite::OpenFlags;
+    let flags = if allow_writes {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut st = conn.prepare(sql)?;
+    let columns: Vec<String> = st.column_names().map(|c| c.to_string()).collect();
+    if columns.is_empty() {
+        let changed = st.execute([])?;
+        return Ok(QueryResult {
+            columns,
+            rows: Vec::new(),
+            truncated: false,
+            changed,
+        });
+    }
+    let n = columns.len();
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    let mut q = st.query([])?;
+    while let Some(r) = q.next()? {
+        if rows.len() == max_rows {
+            truncated = true;
+            break;
+        }
+        let mut row = Vec::with_capacity(n);
+        for i in 0..n {
+            use rusqlite::types::ValueRef;
+            row.push(match r.get_ref(i)? {
+                ValueRef::Null => "NULL".to_string(),
+                ValueRef::Integer(v) => v.to_string(),
+                ValueRef::Real(v) => v.to_string(),
+                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
+            });
+        }
+        rows.push(row);
+    }
+    Ok(QueryResult {
+        columns,
+        rows,
+        truncated,
+        changed: 0,
+    })
+}
+
+impl std::fmt::Display for QueryResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.columns.is_empty() {
+            return write!(f, "{} rows changed", self.changed);
+        }
+        writeln!(f, "{}", self.columns.join(" | "))?;
+        for r in &self.rows {
+            writeln!(f, "{}", r.join(" | "))?;
+        }
+        if self.truncated {
+            writeln!(f, "[more rows not shown]")?;
+        } else if self.rows.is_empty() {
+            writeln!(f, "(no rows)")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_read_only_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sales.db");
+        query_file(
+            &db,
+            "CREATE TABLE s (region TEXT, amount INTEGER)",
+            true,
+            10,
+        )
+        .unwrap();
+        let w = query_file(
+            &db,
+            "INSERT INTO s VALUES ('north', 5), ('south', 7), ('north', 1)",
+            true,
+            10,
+        )
+        .unwrap();
+        assert_eq!(w.changed, 3);
+        let r = query_file(
+            &db,
+            "SELECT region, SUM(amount) AS total FROM s GROUP BY region ORDER BY region",
+            false,
+            10,
+        )
+        .unwrap();
+        assert_eq!(r.to_string(), "region | total\nnorth | 6\nsouth | 7\n");
+        let r = query_file(&db, "SELECT * FROM s", false, 2).unwrap();
+        assert!(r.truncated && r.rows.len() == 2);
+        // Read-only: every kind of write fails.
+        for sql in [
+            "DELETE FROM s",
+            "DROP TABLE s",
+            "INSERT INTO s VALUES ('x', 1)",
+        ] {
+            let e = query_file(&db, sql, false, 10).unwrap_err();
+            assert!(e.to_string().contains("readonly"), "{sql}: {e}");
+        }
+        assert!(query_file(&db, "SELEC nonsense", false, 10).is_err());
+        // A read-only open never creates a file.
+        assert!(query_file(&dir.path().join("missing.db"), "SELECT 1", false, 10).is_err());
+        assert!(!dir.path().join("missing.db").exists());
+    }
+}

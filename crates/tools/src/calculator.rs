@@ -347,6 +347,11 @@ pub fn format_value(v: &BigRational) -> String {
     format!("{}/{} ≈ {approx}", v.numer(), v.denom())
 }
 
+/// The shape of expressions a constrained model may write: numbers and operators alternating,
+/// with one level of parentheses. A grammar built from it cannot produce a malformed
+/// expression (the parser accepts more, e.g. functions, from unconstrained models).
+pub const EXPRESSION_PATTERN: &str = r"^ *(-?[0-9]+(\.[0-9]+)?|\( *-?[0-9]+(\.[0-9]+)?( *(\*\*|[-+*/%^]) *-?[0-9]+(\.[0-9]+)?)* *\))( *(\*\*|[-+*/%^]) *(-?[0-9]+(\.[0-9]+)?|\( *-?[0-9]+(\.[0-9]+)?( *(\*\*|[-+*/%^]) *-?[0-9]+(\.[0-9]+)?)* *\)))* *$";
+
 /// The `calculator` tool.
 pub struct Calculator;
 
@@ -362,7 +367,7 @@ impl Tool for Calculator {
 
     fn parameters(&self) -> Value {
         json!({"type": "object", "properties": {
-            "expression": {"type": "string", "maxLength": 200,
+            "expression": {"type": "string", "maxLength": 200, "pattern": EXPRESSION_PATTERN,
                            "description": "The arithmetic expression, e.g. 17 * 23"}},
             "required": ["expression"], "additionalProperties": false})
     }
@@ -385,6 +390,27 @@ impl Tool for Calculator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pattern_admits_only_well_formed_expressions() {
+        let re = regex::Regex::new(EXPRESSION_PATTERN).unwrap();
+        for ok in [
+            "17 * 23",
+            "(15 + 27) * 3 / 7",
+            "2 ** 10",
+            "-3.5 % 2",
+            "(1)",
+            " 4^2 ",
+        ] {
+            assert!(re.is_match(ok), "{ok}");
+            assert!(evaluate(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "17 *", "((1))", "x + 1", "}} 17", "1 2", "", "(1 + 2", "sqrt(4)",
+        ] {
+            assert!(!re.is_match(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn exact_answers() {

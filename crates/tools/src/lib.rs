@@ -8,6 +8,7 @@
 //! `write_file`, `list_dir`.
 
 mod calculator;
+mod data;
 mod files;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use calculator::{Calculator, evaluate, format_value};
+pub use data::{MemorySave, MemorySearch, Sql};
 pub use files::{ListDir, ReadFile, WriteFile, confine, head_tail};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -86,6 +88,8 @@ pub struct ToolContext {
     /// Most bytes of output a tool returns (longer output is cut to head and tail).
     pub max_output: usize,
     pub cancel: Cancel,
+    /// The `sql` tool may change databases.
+    pub allow_sql_writes: bool,
 }
 
 impl ToolContext {
@@ -95,6 +99,7 @@ impl ToolContext {
             timeout: Duration::from_secs(30),
             max_output: 16 * 1024,
             cancel: Cancel::default(),
+            allow_sql_writes: false,
         }
     }
 }
@@ -132,13 +137,28 @@ impl ToolRegistry {
         ToolRegistry::default()
     }
 
-    /// `calculator`, `read_file`, `write_file`, `list_dir`.
+    /// `calculator`, `read_file`, `write_file`, `list_dir`, `sql`.
     pub fn builtin() -> ToolRegistry {
         let mut r = ToolRegistry::new();
         r.add(Arc::new(Calculator));
         r.add(Arc::new(ReadFile));
         r.add(Arc::new(WriteFile));
         r.add(Arc::new(ListDir));
+        r.add(Arc::new(Sql));
+        r
+    }
+
+    /// The built-ins plus `memory_search` and `memory_save` over `store` for `tenant`.
+    pub fn with_memory(store: Arc<autoglm_store::Store>, tenant: &str) -> ToolRegistry {
+        let mut r = ToolRegistry::builtin();
+        r.add(Arc::new(MemorySearch {
+            store: store.clone(),
+            tenant: tenant.to_string(),
+        }));
+        r.add(Arc::new(MemorySave {
+            store,
+            tenant: tenant.to_string(),
+        }));
         r
     }
 
