@@ -127,6 +127,10 @@ enum Command {
         /// KV cache budget in MiB.
         #[arg(long, default_value_t = 512)]
         kv_cache_mb: usize,
+        /// How the KV cache stores values: f16, or q8_0 (8-bit blocks, nearly twice the tokens
+        /// in the same budget).
+        #[arg(long, default_value = "f16")]
+        kv_cache_type: autoglm_model::KvDtype,
         /// Most sequences decoding together.
         #[arg(long, default_value_t = 16)]
         max_batch: usize,
@@ -341,6 +345,7 @@ fn run(cli: Cli) -> Result<()> {
             port,
             max_queue,
             kv_cache_mb,
+            kv_cache_type,
             max_batch,
         } => {
             let path = resolve(&model.model)?;
@@ -348,6 +353,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("loading {}", path.display()))?;
             let mut cfg = autoglm_engine::ServeConfig {
                 kv_cache_mb,
+                kv_dtype: kv_cache_type,
                 max_queue,
                 max_running: max_batch.max(1),
                 ..Default::default()

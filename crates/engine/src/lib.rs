@@ -36,7 +36,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use autoglm_kernels::ThreadPool;
-use autoglm_model::{ForwardScratch, KvCache, LogitsWanted, Model, ModelError, SeqInput};
+use autoglm_model::{ForwardScratch, KvCache, KvDtype, LogitsWanted, Model, ModelError, SeqInput};
 use autoglm_tokenizer::{ChatMessage, ChatTemplate, StreamDecoder, Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,8 @@ pub struct EngineConfig {
     pub kv_tokens: usize,
     /// Longest prompt piece processed in one forward step.
     pub prefill_chunk: usize,
+    /// How cached K/V values are stored.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for EngineConfig {
@@ -102,6 +104,7 @@ impl Default for EngineConfig {
             block_size: 16,
             kv_tokens: 8192,
             prefill_chunk: 512,
+            kv_dtype: KvDtype::F16,
         }
     }
 }
@@ -158,7 +161,11 @@ impl Engine {
             .min(model.config().context_length.max(1) * 4)
             .max(block_size);
         let n_blocks = kv_tokens.div_ceil(block_size);
-        let kv = KvCache::new(model.kv_layout(block_size, n_blocks))?;
+        let kv = KvCache::new(
+            model
+                .kv_layout(block_size, n_blocks)
+                .with_dtype(config.kv_dtype),
+        )?;
         Ok(Engine {
             pool: ThreadPool::new(config.threads.max(1)),
             blocks: BlockAllocator::new(n_blocks),

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use autoglm_kernels::ThreadPool;
-use autoglm_model::{ForwardScratch, KvCache, LogitsWanted, Model, SeqInput};
+use autoglm_model::{ForwardScratch, KvCache, KvDtype, LogitsWanted, Model, Q8_BLOCK, SeqInput};
 use autoglm_sched::{AbortReason, Priority, Request, RequestId, Scheduler, SchedulerConfig};
 use autoglm_tokenizer::{ChatTemplate, OwnedStreamDecoder, Tokenizer};
 
@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub threads: usize,
     /// KV cache budget; the block count follows from the model's per-token size.
     pub kv_cache_mb: usize,
+    /// How cached K/V values are stored: f16, or 8-bit blocks holding nearly twice the tokens.
+    pub kv_dtype: KvDtype,
     pub block_size: usize,
     /// Most sequences decoding together.
     pub max_running: usize,
@@ -49,6 +51,7 @@ impl Default for ServeConfig {
         ServeConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kv_cache_mb: 512,
+            kv_dtype: KvDtype::F16,
             block_size: 16,
             max_running: 16,
             max_step_tokens: 512,
@@ -270,7 +273,18 @@ impl EngineHandle {
             .flatten()
             .unwrap_or(model.config().arch.name())
             .into();
-        let bytes_per_block = model.config().kv_bytes_per_token() * cfg.block_size.max(1);
+        let block_size = cfg.block_size.max(1);
+        let head_dim = model.config().head_dim;
+        if cfg.kv_dtype == KvDtype::Q8 && !head_dim.is_multiple_of(Q8_BLOCK) {
+            return Err(EngineError::InvalidParameter(format!(
+                "an 8-bit KV cache needs a head size that is a multiple of {Q8_BLOCK}; this model's is {head_dim}"
+            )));
+        }
+        let bytes_per_block = model
+            .kv_layout(block_size, 1)
+            .with_dtype(cfg.kv_dtype)
+            .bytes_per_token()
+            * block_size;
         let num_blocks = (cfg.kv_cache_mb << 20) / bytes_per_block.max(1);
         if num_blocks < 2 {
             return Err(EngineError::InvalidParameter(format!(
@@ -278,7 +292,11 @@ impl EngineHandle {
                 cfg.kv_cache_mb, cfg.block_size
             )));
         }
-        let kv = KvCache::new(model.kv_layout(cfg.block_size.max(1), num_blocks))?;
+        let kv = KvCache::new(
+            model
+                .kv_layout(block_size, num_blocks)
+                .with_dtype(cfg.kv_dtype),
+        )?;
         let sched = Scheduler::new(SchedulerConfig {
             block_size: cfg.block_size.max(1),
             num_blocks,
@@ -293,6 +311,8 @@ impl EngineHandle {
         });
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
+        // Known before the first step, so /metrics is right from the start.
+        shared.blocks_total.store(num_blocks, Ordering::Relaxed);
         let context_length = model.config().context_length;
         let worker = Worker {
             pool: ThreadPool::new(cfg.threads.max(1)),

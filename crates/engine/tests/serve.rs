@@ -8,7 +8,7 @@ use autoglm_engine::{
     Engine, EngineConfig, EngineHandle, FinishReason, GenEvent, GenRequest, Priority,
     SamplingParams, ServeConfig, SubmitError,
 };
-use autoglm_model::Model;
+use autoglm_model::{KvDtype, Model};
 use autoglm_testkit::{ids, model_path, reference};
 
 fn handle(cfg: ServeConfig) -> EngineHandle {
@@ -33,6 +33,31 @@ fn wait_idle(h: &EngineHandle) {
 
 #[test]
 fn concurrent_requests_match_sequential_generation() {
+    concurrent_matches_sequential(KvDtype::F16);
+}
+
+/// The same with 8-bit KV blocks, which hold nearly twice the tokens in the same budget.
+#[test]
+fn concurrent_requests_match_sequential_generation_with_8_bit_kv_cache() {
+    concurrent_matches_sequential(KvDtype::Q8);
+    let blocks = |kv_dtype| {
+        handle(ServeConfig {
+            threads: 1,
+            kv_cache_mb: 64,
+            kv_dtype,
+            ..Default::default()
+        })
+        .stats()
+        .blocks_total
+    };
+    let (f16, q8) = (blocks(KvDtype::F16), blocks(KvDtype::Q8));
+    assert!(
+        q8 * 100 >= f16 * 187,
+        "{q8} 8-bit blocks vs {f16} f16 blocks"
+    );
+}
+
+fn concurrent_matches_sequential(kv_dtype: KvDtype) {
     let prompts: Vec<Vec<u32>> = reference("smollm2-135m", "greedy.jsonl")
         .iter()
         .take(6)
@@ -42,6 +67,7 @@ fn concurrent_requests_match_sequential_generation() {
         model_path("smollm2-135m"),
         EngineConfig {
             threads: 2,
+            kv_dtype,
             ..Default::default()
         },
     )
@@ -59,6 +85,7 @@ fn concurrent_requests_match_sequential_generation() {
 
     let h = handle(ServeConfig {
         threads: 2,
+        kv_dtype,
         ..Default::default()
     });
     let streams: Vec<_> = prompts

@@ -167,7 +167,7 @@ fn unit(
     s.k.resize(hd, 0.0);
     for p in p_lo..=p_hi {
         let at = kv.slot(table, p) + g * hd;
-        ops::f16_to_f32_row(&kc[at..at + hd], &mut s.k);
+        kc.widen(at, &mut s.k);
         for (i, &(pos, _)) in tok_pos[u.t0..u.t1].iter().enumerate() {
             if p > pos || p < lo(pos) {
                 continue;
@@ -200,7 +200,7 @@ fn unit(
     s.out.resize(n_rows * hd, 0.0);
     for p in p_lo..=p_hi {
         let at = kv.slot(table, p) + g * hd;
-        ops::f16_to_f32_row(&vc[at..at + hd], &mut s.k);
+        vc.widen(at, &mut s.k);
         for r in 0..n_rows {
             let w = s.scores[r * npos + (p - p_lo)];
             if w != 0.0 {
@@ -219,7 +219,7 @@ fn unit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{KvLayout, LogitsWanted};
+    use crate::{KvDtype, KvLayout, LogitsWanted};
 
     /// Deterministic pseudo-random values in [-1, 1).
     fn values(seed: u64, n: usize) -> Vec<f32> {
@@ -268,8 +268,15 @@ mod tests {
         out
     }
 
-    fn check(n_head: usize, n_head_kv: usize, window: Option<usize>, threads: usize) {
-        let hd = 16;
+    fn check(
+        n_head: usize,
+        n_head_kv: usize,
+        window: Option<usize>,
+        threads: usize,
+        dtype: KvDtype,
+    ) {
+        // 8-bit rows are quantised in blocks of 32 values, which must not straddle heads.
+        let hd = if dtype == KvDtype::Q8 { 32 } else { 16 };
         let shape = Shape {
             n_head,
             n_head_kv,
@@ -282,6 +289,7 @@ mod tests {
             kv_dim: kvd,
             block_size: 4,
             n_blocks: 32,
+            dtype,
         };
         let mut kv = KvCache::new(layout).unwrap();
         // Two sequences with scattered blocks: one decoding at position 40, one prefilling
@@ -342,7 +350,7 @@ mod tests {
                 for (a, b) in got.iter().zip(&want) {
                     assert!(
                         (a - b).abs() < 1e-4,
-                        "token {t} head {h}: {a} vs {b} ({n_head}/{n_head_kv} heads, window {window:?})"
+                        "token {t} head {h}: {a} vs {b} ({n_head}/{n_head_kv} heads, window {window:?}, {dtype:?})"
                     );
                 }
             }
@@ -351,11 +359,13 @@ mod tests {
 
     #[test]
     fn tiled_attention_equals_naive_attention() {
-        for threads in [1, 2] {
-            check(4, 4, None, threads);
-            check(6, 2, None, threads);
-            check(4, 1, Some(5), threads);
-            check(9, 3, Some(17), threads);
+        for dtype in [KvDtype::F16, KvDtype::Q8] {
+            for threads in [1, 2] {
+                check(4, 4, None, threads, dtype);
+                check(6, 2, None, threads, dtype);
+                check(4, 1, Some(5), threads, dtype);
+                check(9, 3, Some(17), threads, dtype);
+            }
         }
     }
 }

@@ -90,11 +90,6 @@ impl ModelConfig {
             && il % self.swa_pattern < self.swa_pattern - 1
     }
 
-    /// Bytes of KV cache one token occupies (f16 K and V, all layers).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * 2 * self.kv_dim() * self.n_layers
-    }
-
     /// Reads the hyper-parameters every architecture shares into a llama-style baseline, then
     /// lets the architecture's own module (`arch/`) adjust what differs.
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ModelError> {

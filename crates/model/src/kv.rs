@@ -1,11 +1,61 @@
-//! The paged KV cache: one pool of fixed-size blocks per layer, K and V stored as f16 (as
-//! llama.cpp does by default). A sequence owns a *block table*, the list of physical blocks
-//! holding its positions in order; which blocks belong to whom is decided outside this crate (the
-//! engine's block allocator, later the scheduler's block manager). This type only stores data.
+//! The paged KV cache: one pool of fixed-size blocks per layer. A sequence owns a *block
+//! table*, the list of physical blocks holding its positions in order; which blocks belong to
+//! whom is decided outside this crate (the engine's block allocator, or the scheduler's block
+//! manager). This type only stores data.
+//!
+//! K and V are stored as f16 by default (as llama.cpp does), or as 8-bit blocks
+//! ([`KvDtype::Q8`]: llama.cpp's `q8_0` cache type, 32 values sharing one f16 scale) which holds
+//! nearly twice the tokens in the same memory. Attention never reads the raw storage: it asks
+//! for a row widened to f32 ([`Plane::widen`]), so the two formats share one attention kernel.
 
 use autoglm_kernels::f16::{f16_to_f32, f32_to_f16};
+use autoglm_kernels::ops;
 
 use crate::ModelError;
+
+/// Values per scale in [`KvDtype::Q8`] storage.
+pub const Q8_BLOCK: usize = 32;
+
+/// How cached K and V values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// 2 bytes a value.
+    #[default]
+    F16,
+    /// Blocks of 32 signed bytes with one f16 scale: 1.0625 bytes a value.
+    Q8,
+}
+
+impl KvDtype {
+    /// Bytes that `n` values take (`n` a multiple of [`Q8_BLOCK`] for Q8).
+    pub fn bytes(self, n: usize) -> usize {
+        match self {
+            KvDtype::F16 => 2 * n,
+            KvDtype::Q8 => n + 2 * n.div_ceil(Q8_BLOCK),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::Q8 => "q8_0",
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KvDtype, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvDtype::F16),
+            "q8" | "q8_0" => Ok(KvDtype::Q8),
+            _ => Err(format!(
+                "unknown KV cache type {s:?} (expected f16 or q8_0)"
+            )),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
@@ -15,13 +65,104 @@ pub struct KvLayout {
     /// Tokens per block.
     pub block_size: usize,
     pub n_blocks: usize,
+    pub dtype: KvDtype,
+}
+
+impl KvLayout {
+    /// The same layout storing values as `dtype`.
+    pub fn with_dtype(self, dtype: KvDtype) -> KvLayout {
+        KvLayout { dtype, ..self }
+    }
+
+    /// Bytes one token occupies across all layers, K and V.
+    pub fn bytes_per_token(&self) -> usize {
+        2 * self.n_layers * self.dtype.bytes(self.kv_dim)
+    }
+}
+
+/// One layer's K or V values for every slot of the pool.
+pub(crate) enum Plane {
+    F16(Vec<u16>),
+    Q8 {
+        /// One signed byte a value.
+        q: Vec<i8>,
+        /// One f16 scale per [`Q8_BLOCK`] values.
+        d: Vec<u16>,
+    },
+}
+
+impl Plane {
+    fn new(dtype: KvDtype, n: usize) -> Plane {
+        match dtype {
+            KvDtype::F16 => Plane::F16(vec![0; n]),
+            KvDtype::Q8 => Plane::Q8 {
+                q: vec![0; n],
+                d: vec![0; n / Q8_BLOCK],
+            },
+        }
+    }
+
+    /// Stores `x` at element `at` (a row start, so Q8 blocks are aligned).
+    fn write(&mut self, at: usize, x: &[f32]) {
+        match self {
+            Plane::F16(h) => {
+                for (dst, &v) in h[at..at + x.len()].iter_mut().zip(x) {
+                    *dst = f32_to_f16(v);
+                }
+            }
+            Plane::Q8 { q, d } => {
+                // ggml's quantize_row_q8_0: the scale maps the block's largest magnitude to 127.
+                for (b, xs) in x.chunks_exact(Q8_BLOCK).enumerate() {
+                    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let scale = amax / 127.0;
+                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    let o = at + b * Q8_BLOCK;
+                    for (dst, &v) in q[o..o + Q8_BLOCK].iter_mut().zip(xs) {
+                        *dst = (v * inv).round() as i8;
+                    }
+                    d[o / Q8_BLOCK] = f32_to_f16(scale);
+                }
+            }
+        }
+    }
+
+    /// Widens `out.len()` values from element `at` to f32.
+    #[inline]
+    pub(crate) fn widen(&self, at: usize, out: &mut [f32]) {
+        match self {
+            Plane::F16(h) => ops::f16_to_f32_row(&h[at..at + out.len()], out),
+            Plane::Q8 { q, d } => {
+                let qs = &q[at..at + out.len()];
+                for ((o, qb), &s) in out
+                    .chunks_exact_mut(Q8_BLOCK)
+                    .zip(qs.chunks_exact(Q8_BLOCK))
+                    .zip(&d[at / Q8_BLOCK..])
+                {
+                    let s = f16_to_f32(s);
+                    for (y, &v) in o.iter_mut().zip(qb) {
+                        *y = f32::from(v) * s;
+                    }
+                }
+            }
+        }
+    }
+
+    fn copy_within(&mut self, from: usize, to: usize, n: usize) {
+        match self {
+            Plane::F16(h) => h.copy_within(from..from + n, to),
+            Plane::Q8 { q, d } => {
+                q.copy_within(from..from + n, to);
+                let (f, t, m) = (from / Q8_BLOCK, to / Q8_BLOCK, n / Q8_BLOCK);
+                d.copy_within(f..f + m, t);
+            }
+        }
+    }
 }
 
 pub struct KvCache {
     layout: KvLayout,
-    /// Per layer: n_blocks * block_size * kv_dim f16 values.
-    k: Vec<Vec<u16>>,
-    v: Vec<Vec<u16>>,
+    k: Vec<Plane>,
+    v: Vec<Plane>,
 }
 
 impl KvCache {
@@ -36,14 +177,21 @@ impl KvCache {
                 "KV block size must be positive".into(),
             ));
         }
+        if layout.dtype == KvDtype::Q8 && !layout.kv_dim.is_multiple_of(Q8_BLOCK) {
+            return Err(ModelError::BadConfig(format!(
+                "an 8-bit KV cache needs rows of a multiple of {Q8_BLOCK} values, this model's are {}",
+                layout.kv_dim
+            )));
+        }
+        let planes = || {
+            (0..layout.n_layers)
+                .map(|_| Plane::new(layout.dtype, per_layer))
+                .collect()
+        };
         Ok(KvCache {
             layout,
-            k: (0..layout.n_layers)
-                .map(|_| vec![0u16; per_layer])
-                .collect(),
-            v: (0..layout.n_layers)
-                .map(|_| vec![0u16; per_layer])
-                .collect(),
+            k: planes(),
+            v: planes(),
         })
     }
 
@@ -61,11 +209,7 @@ impl KvCache {
 
     /// Total bytes held.
     pub fn bytes(&self) -> usize {
-        2 * 2
-            * self.layout.n_layers
-            * self.layout.n_blocks
-            * self.layout.block_size
-            * self.layout.kv_dim
+        self.layout.bytes_per_token() * self.layout.n_blocks * self.layout.block_size
     }
 
     /// Index of the first element of position `pos` in a layer buffer, given a block table.
@@ -98,15 +242,11 @@ impl KvCache {
 
     pub(crate) fn write(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
         let d = self.layout.kv_dim;
-        for (dst, &x) in self.k[layer][slot..slot + d].iter_mut().zip(k) {
-            *dst = f32_to_f16(x);
-        }
-        for (dst, &x) in self.v[layer][slot..slot + d].iter_mut().zip(v) {
-            *dst = f32_to_f16(x);
-        }
+        self.k[layer].write(slot, &k[..d]);
+        self.v[layer].write(slot, &v[..d]);
     }
 
-    pub(crate) fn layer(&self, layer: usize) -> (&[u16], &[u16]) {
+    pub(crate) fn layer(&self, layer: usize) -> (&Plane, &Plane) {
         (&self.k[layer], &self.v[layer])
     }
 
@@ -114,9 +254,8 @@ impl KvCache {
     pub fn copy_block(&mut self, from: u32, to: u32) {
         let n = self.layout.block_size * self.layout.kv_dim;
         let (f, t) = (from as usize * n, to as usize * n);
-        for l in 0..self.layout.n_layers {
-            self.k[l].copy_within(f..f + n, t);
-            self.v[l].copy_within(f..f + n, t);
+        for p in self.k.iter_mut().chain(self.v.iter_mut()) {
+            p.copy_within(f, t, n);
         }
     }
 
@@ -124,15 +263,78 @@ impl KvCache {
     pub fn read(&self, layer: usize, table: &[u32], pos: usize) -> (Vec<f32>, Vec<f32>) {
         let s = self.slot(table, pos);
         let d = self.layout.kv_dim;
-        (
-            self.k[layer][s..s + d]
-                .iter()
-                .map(|&h| f16_to_f32(h))
-                .collect(),
-            self.v[layer][s..s + d]
-                .iter()
-                .map(|&h| f16_to_f32(h))
-                .collect(),
-        )
+        let (mut k, mut v) = (vec![0.0; d], vec![0.0; d]);
+        self.k[layer].widen(s, &mut k);
+        self.v[layer].widen(s, &mut v);
+        (k, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(dtype: KvDtype) -> KvLayout {
+        KvLayout {
+            n_layers: 2,
+            kv_dim: 64,
+            block_size: 4,
+            n_blocks: 3,
+            dtype,
+        }
+    }
+
+    fn row(seed: usize) -> Vec<f32> {
+        (0..64)
+            .map(|i| ((i * 7 + seed * 13) % 23) as f32 * 0.37 - 4.0)
+            .collect()
+    }
+
+    #[test]
+    fn values_round_trip_within_each_format_s_rounding() {
+        for (dtype, bytes) in [(KvDtype::F16, 2 * 2 * 2 * 64), (KvDtype::Q8, 2 * 2 * 68)] {
+            let mut kv = KvCache::new(layout(dtype)).unwrap();
+            assert_eq!(kv.layout().bytes_per_token(), bytes, "{dtype:?}");
+            assert_eq!(kv.bytes(), bytes * 12);
+            let table = [2u32, 0];
+            for p in 0..6 {
+                kv.write(1, kv.slot(&table, p), &row(p), &row(p + 100));
+            }
+            for p in 0..6 {
+                let (k, v) = kv.read(1, &table, p);
+                for (got, want) in [(k, row(p)), (v, row(p + 100))] {
+                    for (blk_g, blk_w) in got.chunks(Q8_BLOCK).zip(want.chunks(Q8_BLOCK)) {
+                        let amax = blk_w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                        // f16 keeps 11 significant bits; Q8 is within half a step of amax/127
+                        // (plus the scale's own f16 rounding).
+                        let tol = match dtype {
+                            KvDtype::F16 => amax / 1024.0,
+                            KvDtype::Q8 => amax / 127.0 * 0.51 + amax / 1024.0,
+                        };
+                        for (g, w) in blk_g.iter().zip(blk_w) {
+                            assert!((g - w).abs() <= tol, "{dtype:?} pos {p}: {g} vs {w}");
+                        }
+                    }
+                }
+            }
+            // Copying a block moves its values and scales.
+            kv.copy_block(2, 1);
+            assert_eq!(kv.read(1, &[1], 3), kv.read(1, &table, 3));
+        }
+    }
+
+    #[test]
+    fn an_all_zero_block_stays_zero_and_odd_rows_are_refused() {
+        let mut kv = KvCache::new(layout(KvDtype::Q8)).unwrap();
+        kv.write(0, 0, &[0.0; 64], &[0.0; 64]);
+        assert_eq!(kv.read(0, &[0], 0), (vec![0.0; 64], vec![0.0; 64]));
+        let bad = KvLayout {
+            kv_dim: 48,
+            ..layout(KvDtype::Q8)
+        };
+        let e = KvCache::new(bad).err().unwrap().to_string();
+        assert!(e.contains("multiple of 32"), "{e}");
+        assert_eq!("q8_0".parse::<KvDtype>(), Ok(KvDtype::Q8));
+        assert!("q4".parse::<KvDtype>().is_err());
     }
 }

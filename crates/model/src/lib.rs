@@ -21,7 +21,7 @@ mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeStyle};
 pub use forward::{ForwardScratch, LogitsWanted, SeqInput};
-pub use kv::{KvCache, KvLayout};
+pub use kv::{KvCache, KvDtype, KvLayout, Q8_BLOCK};
 
 use std::path::Path;
 
@@ -88,13 +88,15 @@ impl Model {
         &self.file
     }
 
-    /// A KV cache layout for this model holding `n_blocks` blocks of `block_size` tokens.
+    /// A KV cache layout for this model holding `n_blocks` blocks of `block_size` tokens, in
+    /// f16 (`.with_dtype` for 8-bit blocks).
     pub fn kv_layout(&self, block_size: usize, n_blocks: usize) -> KvLayout {
         KvLayout {
             n_layers: self.config.n_layers,
             kv_dim: self.config.kv_dim(),
             block_size,
             n_blocks,
+            dtype: KvDtype::F16,
         }
     }
 }

@@ -39,13 +39,17 @@ struct Runner<'m> {
 
 impl<'m> Runner<'m> {
     fn new(model: &'m Model, max_tokens: usize) -> Self {
+        Runner::with_dtype(model, max_tokens, KvDtype::F16)
+    }
+
+    fn with_dtype(model: &'m Model, max_tokens: usize, dtype: KvDtype) -> Self {
         let bs = 16;
         let n_blocks = max_tokens.div_ceil(bs);
         Runner {
             model,
             pool: ThreadPool::new(2),
             scratch: ForwardScratch::default(),
-            kv: KvCache::new(model.kv_layout(bs, n_blocks)).unwrap(),
+            kv: KvCache::new(model.kv_layout(bs, n_blocks).with_dtype(dtype)).unwrap(),
             table: (0..n_blocks as u32).collect(),
         }
     }
@@ -75,7 +79,7 @@ impl<'m> Runner<'m> {
 /// median and in the tail, and wherever our top choice differs from llama.cpp's, llama.cpp itself
 /// had a close race between the two tokens. Then it reports how many free-running greedy
 /// generations are identical token for token.
-fn check_against_llama_cpp(name: &str, median_max: f32, p95_max: f32) {
+fn check_against_llama_cpp(name: &str, dtype: KvDtype, median_max: f32, p95_max: f32) {
     // How far apart llama.cpp's own probabilities for its choice and ours may be for a
     // disagreement to count as a near-tie.
     const GAP_MAX: f32 = 0.35;
@@ -95,7 +99,7 @@ fn check_against_llama_cpp(name: &str, median_max: f32, p95_max: f32) {
         // partial characters (line 20: Chinese) its top-5 list is shorter than the tokens and
         // misaligned with them; such lines are compared on free-running output only.
         let aligned = top5.len() == want.len();
-        let mut r = Runner::new(&m, prompt.len() + want.len() + 1);
+        let mut r = Runner::with_dtype(&m, prompt.len() + want.len() + 1, dtype);
         let mut logits = r.step(&prompt, 0);
         for (i, &want_tok) in want.iter().enumerate().filter(|_| aligned) {
             let probs = softmax(&logits);
@@ -133,7 +137,7 @@ fn check_against_llama_cpp(name: &str, median_max: f32, p95_max: f32) {
         }
 
         // Free-running greedy generation.
-        let mut r = Runner::new(&m, prompt.len() + want.len() + 1);
+        let mut r = Runner::with_dtype(&m, prompt.len() + want.len() + 1, dtype);
         let mut logits = r.step(&prompt, 0);
         let mut ours = Vec::new();
         for i in 0..want.len() {
@@ -147,9 +151,10 @@ fn check_against_llama_cpp(name: &str, median_max: f32, p95_max: f32) {
     let median = devs[devs.len() / 2];
     let p95 = devs[devs.len() * 95 / 100];
     eprintln!(
-        "{name}: top-5 probability deviation from llama.cpp: median {median:.4}, p95 {p95:.4}, max {:.4}; \
+        "{name} ({} KV cache): top-5 probability deviation from llama.cpp: median {median:.4}, p95 {p95:.4}, max {:.4}; \
          top choice differs at {disagreements}/{steps} teacher-forced steps ({} not near-ties); \
          {identical}/{} free-running greedy generations identical",
+        dtype.name(),
         devs[devs.len() - 1],
         not_near_ties.len(),
         lines.len()
@@ -172,12 +177,23 @@ fn check_against_llama_cpp(name: &str, median_max: f32, p95_max: f32) {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    check_against_llama_cpp("smollm2-135m", 0.01, 0.05);
+    check_against_llama_cpp("smollm2-135m", KvDtype::F16, 0.01, 0.05);
 }
 
 #[test]
 fn gemma3_greedy_matches_llama_cpp() {
-    check_against_llama_cpp("gemma3-270m", 0.01, 0.05);
+    check_against_llama_cpp("gemma3-270m", KvDtype::F16, 0.01, 0.05);
+}
+
+/// The 8-bit KV cache is a compression: held to the same oracle, with the same near-tie rule.
+#[test]
+fn smollm2_greedy_with_8_bit_kv_cache_stays_with_llama_cpp() {
+    check_against_llama_cpp("smollm2-135m", KvDtype::Q8, 0.01, 0.05);
+}
+
+#[test]
+fn gemma3_greedy_with_8_bit_kv_cache_stays_with_llama_cpp() {
+    check_against_llama_cpp("gemma3-270m", KvDtype::Q8, 0.01, 0.05);
 }
 
 #[test]
