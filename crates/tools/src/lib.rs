@@ -4,12 +4,18 @@
 //! [`ToolRegistry`] holds the tools of a task, validates arguments against the declared shape
 //! before calling, and enforces each tool's time limit.
 //!
-//! Built in here: `calculator` (exact arithmetic) and the workspace file tools `read_file`,
-//! `write_file`, `list_dir`.
+//! Built in here: `calculator` (exact arithmetic), the workspace file tools `read_file`,
+//! `write_file`, `list_dir`, `sql` and the memory tools, and on Linux `shell` and `python`,
+//! which run programs in the workspace under an OS sandbox (`sandbox.rs`: Landlock, seccomp,
+//! resource limits; [`sandbox_level`] says what the kernel allows).
 
 mod calculator;
 mod data;
+#[cfg(target_os = "linux")]
+mod exec;
 mod files;
+#[cfg(target_os = "linux")]
+mod sandbox;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,7 +29,11 @@ use serde_json::Value;
 
 pub use calculator::{Calculator, evaluate, format_value};
 pub use data::{MemorySave, MemorySearch, Sql};
+#[cfg(target_os = "linux")]
+pub use exec::{Python, Shell};
 pub use files::{ListDir, ReadFile, WriteFile, confine, head_tail};
+#[cfg(target_os = "linux")]
+pub use sandbox::{Limits, SandboxConfig, SandboxLevel, sandbox_level};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -137,7 +147,8 @@ impl ToolRegistry {
         ToolRegistry::default()
     }
 
-    /// `calculator`, `read_file`, `write_file`, `list_dir`, `sql`.
+    /// `calculator`, `read_file`, `write_file`, `list_dir`, `sql`, and on Linux `shell` and
+    /// `python` (sandboxed as [`sandbox_level`] reports).
     pub fn builtin() -> ToolRegistry {
         let mut r = ToolRegistry::new();
         r.add(Arc::new(Calculator));
@@ -145,6 +156,12 @@ impl ToolRegistry {
         r.add(Arc::new(WriteFile));
         r.add(Arc::new(ListDir));
         r.add(Arc::new(Sql));
+        #[cfg(target_os = "linux")]
+        {
+            let sandbox = SandboxConfig::default();
+            r.add(Arc::new(Shell(sandbox.clone())));
+            r.add(Arc::new(Python(sandbox)));
+        }
         r
     }
 
@@ -345,7 +362,7 @@ mod tests {
         let only = reg.select(&["calculator".into()]).unwrap();
         assert_eq!(only.names(), vec!["calculator"]);
         assert!(
-            reg.select(&["shell".into()])
+            reg.select(&["http_fetch".into()])
                 .unwrap_err()
                 .to_string()
                 .contains("available: calculator")
