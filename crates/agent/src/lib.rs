@@ -8,6 +8,7 @@
 //! embedded engine, on any OpenAI-compatible server, and on a scripted client in tests.
 
 mod journal;
+mod memory;
 mod prompts;
 mod run;
 
@@ -45,6 +46,9 @@ pub struct AgentConfig {
     pub tool_timeout: Duration,
     /// Tokens one reply may have.
     pub reply_tokens: usize,
+    /// Tokens one request may fill, prompt and reply together (the model's context, or less):
+    /// older tool rounds are compacted to stay within it.
+    pub context_tokens: usize,
     pub temperature: f32,
     pub tenant: String,
     /// Memories recalled at planning time.
@@ -66,6 +70,7 @@ impl Default for AgentConfig {
             malformed_retries: 2,
             tool_timeout: Duration::from_secs(30),
             reply_tokens: 400,
+            context_tokens: 8192,
             temperature: 0.0,
             tenant: "default".into(),
             recall: 3,

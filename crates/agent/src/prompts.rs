@@ -4,6 +4,12 @@
 
 use serde_json::{Value, json};
 
+use crate::memory::shorten;
+
+/// Most of one step's result quoted to later steps and to the final answer (head and tail):
+/// a step that read a whole file must not crowd the others out of the context.
+const RESULT_BYTES: usize = 2000;
+
 /// One subtask of a plan; ids are 1-based positions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subtask {
@@ -141,7 +147,7 @@ pub(crate) fn executor_user(goal: &str, step: &str, earlier: &[(String, String)]
     if !earlier.is_empty() {
         s.push_str("\nResults of earlier steps:");
         for (task, result) in earlier {
-            s.push_str(&format!("\n- {task}: {result}"));
+            s.push_str(&format!("\n- {task}: {}", shorten(result, RESULT_BYTES)));
         }
     }
     s
@@ -157,7 +163,7 @@ pub(crate) fn reflection_user(goal: &str, step: &str, result: &str) -> String {
 pub(crate) fn final_user(goal: &str, results: &[(String, String)]) -> String {
     let mut s = format!("Goal: {goal}\nResults of the steps:");
     for (task, result) in results {
-        s.push_str(&format!("\n- {task}: {result}"));
+        s.push_str(&format!("\n- {task}: {}", shorten(result, RESULT_BYTES)));
     }
     s.push_str("\nWrite the final answer to the goal.");
     s

@@ -18,6 +18,7 @@ use autoglm_tools::{ToolContext, ToolError};
 use serde_json::{Value, json};
 
 use crate::journal::Journal;
+use crate::memory::{self, Window};
 use crate::prompts::{self, Subtask};
 use crate::{Agent, AgentError, Status, StepKind, TaskOutcome};
 
@@ -318,10 +319,23 @@ impl TaskRun<'_> {
             user.push('\n');
             user.push_str(f);
         }
-        let mut messages = vec![
-            Message::system(prompts::executor_system(&names)),
-            Message::user(user),
-        ];
+        // The tool list is rendered into the prompt too; the rest of the context is the
+        // conversation's.
+        let defs_tokens: usize = defs
+            .iter()
+            .map(|d| memory::approx_tokens(&serde_json::to_string(d).unwrap_or_default()))
+            .sum();
+        let budget = self
+            .cfg()
+            .context_tokens
+            .saturating_sub(self.cfg().reply_tokens + defs_tokens);
+        let mut window = Window::new(
+            vec![
+                Message::system(prompts::executor_system(&names)),
+                Message::user(user),
+            ],
+            budget,
+        );
         // A tool the step or the goal names is called first: small models need the nudge,
         // large ones would call it anyway.
         let named = names.iter().find(|n| mentioned(n));
@@ -335,7 +349,7 @@ impl TaskRun<'_> {
                 Some(n) if round == 0 => ToolChoice::Function(n.clone()),
                 _ => ToolChoice::Auto,
             };
-            let mut req = self.request(messages.clone());
+            let mut req = self.request(window.messages());
             if choice != ToolChoice::None {
                 req.tools = defs.clone();
             }
@@ -348,10 +362,10 @@ impl TaskRun<'_> {
                 }
                 return Ok(Ok(answer.to_string()));
             }
-            messages.push(Message::assistant_calls(
+            let mut round = vec![Message::assistant_calls(
                 resp.content.clone(),
                 resp.tool_calls.clone(),
-            ));
+            )];
             for (i, call) in resp.tool_calls.iter().enumerate() {
                 let tkey = format!("{rkey}/t{i}");
                 let sig = signature(call);
@@ -369,7 +383,7 @@ impl TaskRun<'_> {
                             call.name
                         )));
                     }
-                    messages.push(Message::tool_result(
+                    round.push(Message::tool_result(
                         call.id.clone(),
                         format!(
                             "You already called {} with these arguments; the result was: {prev}\n\
@@ -382,8 +396,9 @@ impl TaskRun<'_> {
                 }
                 let out = self.tool_call(&tkey, s.id, call).await?;
                 seen.insert(sig, out.clone());
-                messages.push(Message::tool_result(call.id.clone(), out));
+                round.push(Message::tool_result(call.id.clone(), out));
             }
+            window.push_round(round);
         }
         Ok(Err(format!(
             "no result after {} rounds of tool calls",

@@ -551,3 +551,83 @@ async fn a_run_cut_off_resumes_without_repeating_calls() {
         "an ended task cannot be resumed"
     );
 }
+
+/// Tool rounds that outgrow the context are compacted: every request fits the budget, the
+/// system prompt and the step's message stay a stable prefix, and older rounds survive as notes.
+#[tokio::test]
+async fn long_tool_rounds_are_compacted_to_fit_the_context() {
+    let seen: Arc<Mutex<Vec<ChatRequest>>> = Arc::default();
+    let log = seen.clone();
+    let llm = router(0, move |req| {
+        if is_plan(req) {
+            return plan(&[("Count five long things with the counter", &[])]);
+        }
+        if is_check(req) {
+            return ok();
+        }
+        if req.messages[0].content.starts_with("You carry out") {
+            log.lock().unwrap().push(req.clone());
+            let done = req.messages[1].content.matches("called counter").count()
+                + req
+                    .messages
+                    .iter()
+                    .filter(|m| m.role == autoglm_llm::Role::Tool)
+                    .count();
+            if done < 5 {
+                let x = format!("item{done} {}", "word ".repeat(200));
+                return ChatResponse::call("counter", json!({ "x": x }));
+            }
+            return ChatResponse::text("counted five");
+        }
+        ChatResponse::text("counted five things")
+    });
+    let cfg = AgentConfig {
+        context_tokens: 1500,
+        reply_tokens: 100,
+        max_rounds: 8,
+        ..AgentConfig::default()
+    };
+    let s = setup(llm, cfg);
+    let o = s.agent.run("Count", Some(s.ws.clone())).await.unwrap();
+    assert_eq!(o.status, Status::Succeeded, "{o:?}");
+    assert_eq!(s.counted.load(Ordering::SeqCst), 5);
+    let reqs = seen.lock().unwrap();
+    assert_eq!(reqs.len(), 6);
+    for (i, r) in reqs.iter().enumerate() {
+        // The same conservative three bytes a token the agent counts with.
+        let bytes: usize = r
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.len()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.arguments.to_string().len())
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
+            + r.tools
+                .iter()
+                .map(|t| serde_json::to_string(t).unwrap().len())
+                .sum::<usize>();
+        assert!(bytes <= 3 * 1400, "request {i}: {bytes} bytes");
+        assert_eq!(r.messages[0].content, reqs[0].messages[0].content);
+        assert!(
+            r.messages[1]
+                .content
+                .starts_with(&reqs[0].messages[1].content)
+        );
+    }
+    let last = &reqs[5];
+    assert!(
+        last.messages[1]
+            .content
+            .contains("What you did earlier in this step:\n- called counter {\"x\":\"item0 word"),
+        "{}",
+        last.messages[1].content
+    );
+    // The newest round is still whole.
+    let tail = last.messages.last().unwrap();
+    assert_eq!(tail.role, autoglm_llm::Role::Tool);
+    assert!(tail.content.contains("item4") && !tail.content.contains("[…]"));
+}
