@@ -17,6 +17,12 @@ pub enum ApiError {
     UnknownModel(String),
     #[error("{0}")]
     NotFound(String),
+    /// No valid API key (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key without the scope this route needs (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{message}")]
     Overloaded { message: String, retry_after_s: u64 },
     #[error("{0}")]
@@ -62,6 +68,18 @@ impl ApiError {
                 Some("model".into()),
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", None, None),
+            ApiError::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                None,
+            ),
+            ApiError::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                Some("insufficient_scope"),
+                None,
+            ),
             ApiError::Overloaded { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",

@@ -12,6 +12,7 @@
 //! with `Retry-After` at once; bodies are capped.
 
 mod answer;
+pub mod auth;
 mod error;
 mod routes;
 mod wire;
@@ -98,6 +99,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        // Until API keys exist every request acts for the single local user.
+        .layer(axum::Extension(auth::Principal::local()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
