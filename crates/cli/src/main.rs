@@ -367,7 +367,8 @@ fn run(cli: Cli) -> Result<()> {
             let addr: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .with_context(|| format!("invalid address {host}:{port}"))?;
-            let state = autoglm_server::AppState::new(loaded, &model.model, cfg)?;
+            let state =
+                autoglm_server::AppState::new(loaded, &model.model, cfg, agent_cmd::open_store()?)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

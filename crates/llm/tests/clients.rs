@@ -93,6 +93,7 @@ async fn embedded_and_http_backends_behave_alike() {
             threads: 2,
             ..Default::default()
         },
+        Arc::new(autoglm_store::Store::in_memory().expect("store")),
     )
     .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use autoglm_engine::{EngineError, EngineHandle, ServeConfig};
 use autoglm_model::Model;
+use autoglm_store::Store;
 use autoglm_tokenizer::{ChatTemplate, Tokenizer};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub(crate) context_length: usize,
     pub(crate) default_max_tokens: usize,
     pub(crate) started: u64,
+    /// Tasks, journals, memory, keys and the audit log.
+    pub(crate) store: Arc<Store>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +64,12 @@ pub enum ServerError {
 
 impl AppState {
     /// Starts the serving engine on `model` and prepares the chat template (the file's, or a
-    /// built-in one for models without).
+    /// built-in one for models without). `store` holds the durable state.
     pub fn new(
         model: Model,
         model_name: &str,
         cfg: ServeConfig,
+        store: Arc<Store>,
     ) -> Result<Arc<AppState>, ServerError> {
         let engine = EngineHandle::start(model, cfg)?;
         engine.prepare_constraints();
@@ -82,11 +86,16 @@ impl AppState {
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            store,
         }))
     }
 
     pub fn engine(&self) -> &EngineHandle {
         &self.engine
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 }
 

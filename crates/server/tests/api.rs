@@ -26,6 +26,7 @@ fn state() -> Arc<AppState> {
                     threads: 2,
                     ..Default::default()
                 },
+                Arc::new(autoglm_store::Store::in_memory().expect("store")),
             )
             .expect("state")
         })
