@@ -172,6 +172,25 @@ fn unwrap_echo(text: &str) -> &str {
         .map_or(t, str::trim)
 }
 
+/// Whether `text` names the tool `name`: its name itself, or every word of it in any order
+/// ("write the text to a file" names `write_file`, "save to memory" names `memory_save`).
+fn names_tool(text: &str, name: &str) -> bool {
+    let text = text.to_lowercase();
+    if text.contains(name) {
+        return true;
+    }
+    let words: Vec<&str> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let has = |part: &str| {
+        words
+            .iter()
+            .any(|w| *w == part || w.strip_suffix('s') == Some(part))
+    };
+    name.split('_').all(has)
+}
+
 /// Arguments in a canonical text form, to recognise a repeated action.
 fn signature(call: &ToolCall) -> (String, String) {
     (call.name.clone(), call.arguments.to_string())
@@ -300,8 +319,8 @@ impl TaskRun<'_> {
     ) -> Result<Result<String, String>, Stop> {
         // Tools the step or the goal names are the ones offered (all of them when none is
         // named): a short tool list keeps small models on task and prompts short.
-        let text = format!("{} {}", s.task, self.goal).to_lowercase();
-        let mentioned = |n: &str| text.contains(&n.replace('_', " ")) || text.contains(n);
+        let text = format!("{} {}", s.task, self.goal);
+        let mentioned = |n: &str| names_tool(&text, n);
         let named_defs: Vec<ToolDef> = self
             .tool_defs
             .iter()
@@ -383,14 +402,9 @@ impl TaskRun<'_> {
                             call.name
                         )));
                     }
-                    round.push(Message::tool_result(
-                        call.id.clone(),
-                        format!(
-                            "You already called {} with these arguments; the result was: {prev}\n\
-                             Reply with the result of the step now.",
-                            call.name
-                        ),
-                    ));
+                    // The same observation again, and the next round must answer in text.
+                    // Not a note in words: small models echo such notes as their answer.
+                    round.push(Message::tool_result(call.id.clone(), prev.clone()));
                     force_text = true;
                     continue;
                 }
@@ -657,6 +671,30 @@ impl TaskRun<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::names_tool;
+    #[test]
+    fn tools_are_named_by_their_words() {
+        let check = |text: &str, tool: &str, expect: bool| {
+            assert_eq!(names_tool(text, tool), expect, "{text:?} names {tool}?");
+        };
+        check("What is 17 * 23? Use the calculator.", "calculator", true);
+        check(
+            "Write the text 'hi' to a file named a.txt",
+            "write_file",
+            true,
+        );
+        check(
+            "Save to memory: the meeting is on Friday",
+            "memory_save",
+            true,
+        );
+        check("Use read_file on notes.txt", "read_file", true);
+        check("List the files in the dir", "list_dir", true);
+        check("Read the notes", "read_file", false);
+        check("What is the capital of France?", "calculator", false);
+        check("Reading a profile", "read_file", false);
+    }
+
     #[test]
     fn echoed_wrappers_are_removed() {
         assert_eq!(
