@@ -38,6 +38,16 @@ def check_answer(*needles, tool=None):
     return check
 
 
+def check_call(tool, needle):
+    def check(o, ws):
+        args = [json.dumps(s.get("arguments")) for s in o["steps"]
+                if s.get("kind") == "tool_call" and s.get("tool") == tool]
+        if not args:
+            return f"{tool} was not called"
+        return None if any(needle.lower() in a.lower() for a in args) else f"{tool} got {args[0][:120]}"
+    return check
+
+
 def check_file(name, content):
     def check(o, ws):
         p = os.path.join(ws, name)
@@ -55,7 +65,7 @@ GOALS = [
     ("Write the text 'hello world' to a file named hello.txt.", "write_file", check_file("hello.txt", "hello world")),
     ("Use python to print the sum of the numbers from 1 to 100.", "python", check_answer("5050", tool="python")),
     ("Use the shell to count the words in the sentence 'the quick brown fox'.", "shell", check_answer("4", tool="shell")),
-    ("Save to memory: the project meeting is on Friday.", "memory_save", check_answer(tool="memory_save")),
+    ("Save to memory: the project meeting is on Friday.", "memory_save", check_call("memory_save", "friday")),
     ("What is the capital of France?", "", check_answer("paris")),
 ]
 
