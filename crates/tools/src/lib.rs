@@ -13,6 +13,7 @@ mod calculator;
 mod data;
 #[cfg(target_os = "linux")]
 mod exec;
+mod fetch;
 mod files;
 #[cfg(target_os = "linux")]
 mod sandbox;
@@ -31,6 +32,7 @@ pub use calculator::{Calculator, evaluate, format_value};
 pub use data::{MemorySave, MemorySearch, Sql};
 #[cfg(target_os = "linux")]
 pub use exec::{Python, Shell};
+pub use fetch::{FetchLimits, HostPattern, HttpFetch, PageText, host_allowed, html_to_text};
 pub use files::{ListDir, ReadFile, WriteFile, confine, head_tail};
 #[cfg(target_os = "linux")]
 pub use sandbox::{Limits, SandboxConfig, SandboxLevel, sandbox_level};
@@ -100,6 +102,8 @@ pub struct ToolContext {
     pub cancel: Cancel,
     /// The `sql` tool may change databases.
     pub allow_sql_writes: bool,
+    /// Hosts `http_fetch` may reach (see [`HostPattern`]); empty refuses every URL.
+    pub http_allow: Vec<String>,
 }
 
 impl ToolContext {
@@ -110,6 +114,7 @@ impl ToolContext {
             max_output: 16 * 1024,
             cancel: Cancel::default(),
             allow_sql_writes: false,
+            http_allow: Vec::new(),
         }
     }
 }
@@ -147,8 +152,8 @@ impl ToolRegistry {
         ToolRegistry::default()
     }
 
-    /// `calculator`, `read_file`, `write_file`, `list_dir`, `sql`, and on Linux `shell` and
-    /// `python` (sandboxed as [`sandbox_level`] reports).
+    /// `calculator`, `read_file`, `write_file`, `list_dir`, `sql`, `http_fetch`, and on Linux
+    /// `shell` and `python` (sandboxed as [`sandbox_level`] reports).
     pub fn builtin() -> ToolRegistry {
         let mut r = ToolRegistry::new();
         r.add(Arc::new(Calculator));
@@ -156,6 +161,7 @@ impl ToolRegistry {
         r.add(Arc::new(WriteFile));
         r.add(Arc::new(ListDir));
         r.add(Arc::new(Sql));
+        r.add(Arc::new(HttpFetch::default()));
         #[cfg(target_os = "linux")]
         {
             let sandbox = SandboxConfig::default();
@@ -362,7 +368,7 @@ mod tests {
         let only = reg.select(&["calculator".into()]).unwrap();
         assert_eq!(only.names(), vec!["calculator"]);
         assert!(
-            reg.select(&["http_fetch".into()])
+            reg.select(&["teleport".into()])
                 .unwrap_err()
                 .to_string()
                 .contains("available: calculator")
