@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// Asking again when a reply does not parse (unconstrained backends).
     pub malformed_retries: usize,
     pub tool_timeout: Duration,
+    /// Hosts `http_fetch` may reach (`ToolContext::http_allow`). Policy of whoever runs the
+    /// agent, not of the task: a resumed task gets the allowlist of the run that resumes it.
+    pub http_allow: Vec<String>,
     /// Tokens one reply may have.
     pub reply_tokens: usize,
     /// Tokens one request may fill, prompt and reply together (the model's context, or less):
@@ -69,6 +72,7 @@ impl Default for AgentConfig {
             max_plan_steps: 4,
             malformed_retries: 2,
             tool_timeout: Duration::from_secs(30),
+            http_allow: Vec::new(),
             reply_tokens: 400,
             context_tokens: 8192,
             temperature: 0.0,

@@ -60,6 +60,7 @@ impl Agent {
                 .map_or_else(std::env::temp_dir, PathBuf::from);
             let mut ctx = ToolContext::new(workspace);
             ctx.timeout = self.cfg.tool_timeout;
+            ctx.http_allow = self.cfg.http_allow.clone();
             ctx.cancel = self.cancel.clone();
             let run = TaskRun {
                 agent: self,

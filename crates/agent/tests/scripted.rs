@@ -631,3 +631,39 @@ async fn long_tool_rounds_are_compacted_to_fit_the_context() {
     assert_eq!(tail.role, autoglm_llm::Role::Tool);
     assert!(tail.content.contains("item4") && !tail.content.contains("[…]"));
 }
+
+#[tokio::test]
+async fn the_http_allowlist_reaches_the_tools() {
+    // The refusal names the allowlist the tool saw, so no request is sent anywhere.
+    for (allow, seen) in [
+        (vec![], "no hosts are allowed"),
+        (
+            vec!["docs.invalid".to_string()],
+            "127.0.0.1 is not on the http_fetch allowlist (autoglm run --allow-host HOST) \
+             (allowed: docs.invalid)",
+        ),
+    ] {
+        let llm = Arc::new(ScriptedClient::new(vec![
+            plan(&[("Fetch the page with http_fetch", &[])]),
+            ChatResponse::call("http_fetch", json!({"url": "http://127.0.0.1:9/page"})),
+            ChatResponse::text("It could not be fetched."),
+            ok(),
+        ]));
+        let cfg = AgentConfig {
+            http_allow: allow,
+            ..AgentConfig::default()
+        };
+        let s = setup(llm, cfg);
+        let o = s
+            .agent
+            .run("Fetch the page", Some(s.ws.clone()))
+            .await
+            .unwrap();
+        let result = o.steps.iter().find(|s| s["kind"] == "tool_result").unwrap();
+        let out = result["output"].as_str().unwrap();
+        assert!(
+            out.starts_with("error: refused: ") && out.contains(seen),
+            "{out}"
+        );
+    }
+}
