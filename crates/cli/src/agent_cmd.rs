@@ -36,12 +36,21 @@ pub struct BackendArgs {
     /// Sent as a bearer token (default: $AUTOGLM_API_KEY, then $OPENAI_API_KEY).
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Tools offered to the agent, comma-separated (default: all built-in tools).
+    /// Tools offered to the agent, comma-separated (default: all built-in and MCP tools,
+    /// http_fetch only with --allow-host).
     #[arg(long, value_delimiter = ',')]
     pub tools: Option<Vec<String>>,
     /// Model calls per task.
     #[arg(long, default_value_t = 40)]
     pub max_steps: usize,
+    /// MCP servers whose tools are offered too, named SERVER__TOOL (default:
+    /// $AUTOGLM_HOME/mcp.json when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub mcp_config: Option<PathBuf>,
+    /// Hosts http_fetch may reach: example.org, *.example.org, host:port (repeatable or
+    /// comma-separated; none given, http_fetch is not offered by default).
+    #[arg(long = "allow-host", value_name = "HOST", value_delimiter = ',')]
+    pub allow_host: Vec<String>,
 }
 
 /// `$AUTOGLM_HOME`, default `~/.local/share/autoglm`: the database and task workspaces.
@@ -114,15 +123,61 @@ fn client(b: &BackendArgs) -> Result<Arc<dyn LlmClient>> {
     })
 }
 
-fn agent(b: &BackendArgs, store: Arc<Store>) -> Result<Agent> {
-    let all = ToolRegistry::with_memory(store.clone(), &AgentConfig::default().tenant);
+/// The tools of the MCP servers in `--mcp-config` (or `$AUTOGLM_HOME/mcp.json`); servers that
+/// fail are warnings, a configuration that does not parse is an error.
+async fn mcp_tools(b: &BackendArgs) -> Result<Vec<Arc<dyn autoglm_tools::Tool>>> {
+    let path = match &b.mcp_config {
+        Some(p) => p.clone(),
+        None => {
+            let p = home()?.join("mcp.json");
+            if !p.exists() {
+                return Ok(Vec::new());
+            }
+            p
+        }
+    };
+    let cfg = autoglm_mcp::load_config(&path)?;
+    let (tools, failed) =
+        autoglm_mcp::connect_all(&cfg, &autoglm_mcp::ConnectOptions::default()).await;
+    for (server, e) in failed {
+        eprintln!("warning: MCP server {server} ({}): {e}", path.display());
+    }
+    Ok(tools)
+}
+
+async fn agent(b: &BackendArgs, store: Arc<Store>) -> Result<Agent> {
+    for h in &b.allow_host {
+        autoglm_tools::HostPattern::parse(h).map_err(anyhow::Error::msg)?;
+    }
+    let mut all = ToolRegistry::with_memory(store.clone(), &AgentConfig::default().tenant);
+    // Before selection, so --tools can name them.
+    for t in mcp_tools(b).await? {
+        all.add(t);
+    }
     let tools = match &b.tools {
+        // Without allowed hosts http_fetch refuses everything: not worth a model's attention.
+        None if b.allow_host.is_empty() => {
+            let names: Vec<String> = all
+                .names()
+                .into_iter()
+                .filter(|n| n != "http_fetch")
+                .collect();
+            all.select(&names)?
+        }
         None => all,
-        Some(names) => all.select(names)?,
+        Some(names) => {
+            if b.allow_host.is_empty() && names.iter().any(|n| n == "http_fetch") {
+                eprintln!(
+                    "warning: http_fetch refuses every URL until hosts are allowed (--allow-host)"
+                );
+            }
+            all.select(names)?
+        }
     };
     let cfg = AgentConfig {
         max_steps: b.max_steps.max(1),
         workspaces: home()?.join("workspaces"),
+        http_allow: b.allow_host.clone(),
         ..AgentConfig::default()
     };
     Ok(Agent::new(client(b)?, tools, store, cfg))
@@ -247,9 +302,11 @@ pub fn run(
     }
     let store = open_store()?;
     let rt = runtime()?;
-    let agent = rt.block_on(async { agent(b, store) })?;
+    let agent = rt.block_on(agent(b, store))?;
     let o = drive(&rt, &agent, agent.run(goal, workspace))?;
     print_outcome(&o, json_out);
+    // Dropped inside the runtime: closing MCP connections (and stdio servers) spawns tasks.
+    rt.block_on(async move { drop(agent) });
     Ok(o.status == Status::Succeeded)
 }
 
@@ -269,7 +326,7 @@ pub fn resume(b: &BackendArgs, id: Option<&str>, json_out: bool) -> Result<bool>
         return Ok(true);
     }
     let rt = runtime()?;
-    let agent = rt.block_on(async { agent(b, store) })?;
+    let agent = rt.block_on(agent(b, store))?;
     let mut all_ok = true;
     for id in ids {
         eprintln!("resuming {id}");
@@ -277,6 +334,7 @@ pub fn resume(b: &BackendArgs, id: Option<&str>, json_out: bool) -> Result<bool>
         print_outcome(&o, json_out);
         all_ok &= o.status == Status::Succeeded;
     }
+    rt.block_on(async move { drop(agent) });
     Ok(all_ok)
 }
 

@@ -546,3 +546,61 @@ fn a_run_killed_mid_task_resumes_without_repeating_calls() {
     );
     assert_ne!(store.task(&id).unwrap().status, "running");
 }
+
+#[test]
+fn mcp_config_and_allowed_hosts_are_checked_before_any_model_loads() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut a = vec!["run"];
+        a.extend_from_slice(args);
+        a.push("hi");
+        autoglm_in(home.path(), &a)
+    };
+    let o = run(&["--allow-host", "docs.invalid,https://example.org"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("allowed host \"https://example.org\": give a host name"),
+        "{}",
+        stderr(&o)
+    );
+    // An explicit configuration that is missing is an error; the default one is optional.
+    let o = run(&["--mcp-config", "/nonexistent/mcp.json", "--tools", "x"]);
+    assert!(
+        stderr(&o).contains("cannot read /nonexistent/mcp.json"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--tools", "http_fetch,teleport"]);
+    assert!(
+        stderr(&o).contains("warning: http_fetch refuses every URL until hosts are allowed"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The default $AUTOGLM_HOME/mcp.json: checked, and a server that cannot start is a warning
+    // (the run goes on to the tool selection, which names what exists).
+    std::fs::write(
+        home.path().join("mcp.json"),
+        "{\"mcpServers\": {\"a\": {}}}",
+    )
+    .unwrap();
+    let o = run(&["--tools", "teleport"]);
+    assert!(
+        stderr(&o).contains("mcp.json: server \"a\": needs \"command\""),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        home.path().join("mcp.json"),
+        "{\"mcpServers\": {\"gone\": {\"command\": \"/nonexistent/server\"}}}",
+    )
+    .unwrap();
+    let o = run(&["--tools", "teleport"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: MCP server gone")
+            && err.contains("cannot start \"/nonexistent/server\""),
+        "{err}"
+    );
+    assert!(err.contains("available: calculator"), "{err}");
+}
