@@ -378,6 +378,11 @@ mod tests {
     #[test]
     fn file_tools_round_trip_in_the_workspace() {
         let ws = tempfile::tempdir().unwrap();
+        let outside = format!(
+            "{}-outside",
+            ws.path().file_name().unwrap().to_string_lossy()
+        );
+        let escape = format!("../{outside}");
         let ctx = ToolContext::new(ws.path());
         let reg = ToolRegistry::builtin();
         rt().block_on(async {
@@ -401,7 +406,7 @@ mod tests {
                 .unwrap();
             assert_eq!(l.content, "notes/");
             let e = reg
-                .call("write_file", json!({"path": "../x", "content": ""}), &ctx)
+                .call("write_file", json!({"path": escape, "content": ""}), &ctx)
                 .await
                 .unwrap_err();
             assert!(matches!(e, ToolError::Denied(_)), "{e}");
@@ -411,6 +416,7 @@ mod tests {
                 .unwrap_err();
             assert!(e.to_string().contains("cannot read missing.txt"), "{e}");
         });
-        assert!(!ws.path().parent().unwrap().join("x").exists());
+        // A name of its own: another program's /tmp/x must not fail this test.
+        assert!(!ws.path().parent().unwrap().join(&outside).exists());
     }
 }
