@@ -746,7 +746,7 @@ async fn tasks_are_cancelled_by_id() {
 #[tokio::test]
 async fn following_a_task_yields_every_record_once_then_ends() {
     use futures_util::StreamExt;
-    let llm = router(30, |req| {
+    let llm = router(60, |req| {
         if is_plan(req) {
             plan(&[("a", &[]), ("b", &[])])
         } else if is_check(req) {
@@ -766,16 +766,22 @@ async fn following_a_task_yields_every_record_once_then_ends() {
             ..Default::default()
         })
         .unwrap();
+    // Followers made before the run and mid-way, first polled later: the records written in
+    // between reach them twice (the broadcast they subscribed to, and the journal they read),
+    // and must come out once.
+    let early = s.agent.follow(&id, 0);
     let agent = s.agent.clone();
     let id2 = id.clone();
     let run = tokio::spawn(async move { agent.resume(&id2).await });
     tokio::time::sleep(Duration::from_millis(80)).await;
-    let seen: Vec<i64> = s
-        .agent
-        .follow(&id, 0)
-        .map(|e| e.unwrap().seq)
-        .collect()
-        .await;
+    let mid = s.agent.follow(&id, 0);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let collect = |f: futures_util::stream::BoxStream<'static, _>| {
+        f.map(|e: Result<autoglm_agent::Event, _>| e.unwrap().seq)
+            .collect::<Vec<i64>>()
+    };
+    // Both are polled mid-way: the run takes five rounds of 60 ms.
+    let (seen, seen_mid) = tokio::join!(collect(early.boxed()), collect(mid.boxed()));
     run.await.unwrap().unwrap();
     let all: Vec<i64> = s
         .store
@@ -784,7 +790,9 @@ async fn following_a_task_yields_every_record_once_then_ends() {
         .iter()
         .map(|r| r.seq)
         .collect();
+    assert!(all.len() > 8, "{all:?}");
     assert_eq!(seen, all);
+    assert_eq!(seen_mid, all);
     let tail: Vec<i64> = s
         .agent
         .follow(&id, 3)
