@@ -294,8 +294,10 @@ fn serve_works_with_the_official_openai_client() {
         return;
     }
     ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_autoglm"))
         .args(["serve", "--port", "0", "--threads", "2"])
+        .env("AUTOGLM_HOME", home.path())
         .stderr(Stdio::piped())
         .spawn()
         .expect("server starts");
@@ -425,6 +427,9 @@ fn run_on_the_embedded_model_calls_the_calculator_and_is_traced() {
 struct Server {
     child: std::process::Child,
     url: String,
+    /// The server's own $AUTOGLM_HOME: it resumes unfinished tasks of its database at start,
+    /// so it must never share the user's.
+    _home: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -438,8 +443,10 @@ fn start_server() -> Server {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
         .args(["serve", "--port", "0", "--threads", "2"])
+        .env("AUTOGLM_HOME", home.path())
         .stderr(Stdio::piped())
         .spawn()
         .expect("server starts");
@@ -453,7 +460,11 @@ fn start_server() -> Server {
                 .map(str::to_string)
         })
         .expect("server prints its address");
-    Server { child, url }
+    Server {
+        child,
+        url,
+        _home: Some(home),
+    }
 }
 
 #[test]
@@ -667,6 +678,7 @@ fn serve_resumes_five_tasks_after_being_killed_mid_way() {
     let server = Server {
         child,
         url: format!("http://{addr}/v1"),
+        _home: None,
     };
     for id in &ids {
         let t0 = std::time::Instant::now();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use autoglm_agent::{Agent, AgentConfig, AgentError, StepKind, TaskSpec, UNFINISHED};
 use autoglm_llm::LlmClient;
+use autoglm_store::TaskRow;
 use autoglm_tools::ToolRegistry;
 
 /// How the pool is set up. `Default`: two workers, 64 queued tasks, the embedded model.
@@ -115,7 +116,7 @@ impl Runner {
         &self,
         spec: &TaskSpec,
         priority: TaskPriority,
-    ) -> Result<String, Refused> {
+    ) -> Result<TaskRow, Refused> {
         // The check and the push under one lock: concurrent submissions cannot overfill.
         let mut q = self.lock();
         let waiting: usize = q.iter().map(VecDeque::len).sum();
@@ -125,10 +126,15 @@ impl Runner {
             });
         }
         let id = self.agent.submit(spec).map_err(Refused::Agent)?;
-        q[priority as usize].push_back(id.clone());
+        let row = self
+            .agent
+            .store()
+            .task(&id)
+            .map_err(|e| Refused::Agent(e.into()))?;
+        q[priority as usize].push_back(id);
         drop(q);
         self.wake.notify_one();
-        Ok(id)
+        Ok(row)
     }
 
     /// Cancels a task: taken out of the queue if it waits there, stopped if it runs.

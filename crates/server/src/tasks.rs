@@ -292,7 +292,7 @@ pub(crate) async fn create(
     p.require("tasks", |s| s.tasks)?;
     let req: CreateTask = parse(&body)?;
     let (spec, priority) = validate(&st, req, &p.tenant)?;
-    let id = st.tasks.submit(&spec, priority).map_err(|e| match e {
+    let t = st.tasks.submit(&spec, priority).map_err(|e| match e {
         Refused::Full { retry_after } => ApiError::Overloaded {
             message: format!(
                 "the task queue is full ({} tasks waiting); try again later",
@@ -302,9 +302,8 @@ pub(crate) async fn create(
         },
         Refused::Agent(e) => agent_error(e),
     })?;
-    let t = owned(&st, &p, &id)?;
     let mut resp = (StatusCode::ACCEPTED, axum::Json(task_json(&st, &t)?)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/tasks/{id}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/tasks/{}", t.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
