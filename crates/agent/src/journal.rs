@@ -69,6 +69,24 @@ impl Journal {
         Ok(())
     }
 
+    /// Like [`Journal::recorded`], but reads the store first: records appended by someone
+    /// else (an approval decided through the server) are picked up.
+    pub(crate) fn reload(&self, key: &str, kind: StepKind) -> Result<Option<Value>, AgentError> {
+        if let Some(v) = self.recorded(key, kind) {
+            return Ok(Some(v));
+        }
+        let found = self
+            .store
+            .records(&self.task_id)?
+            .into_iter()
+            .find(|r| r.kind == kind.as_str() && r.payload["key"].as_str() == Some(key));
+        Ok(found.map(|r| {
+            self.lock()
+                .insert((key.to_string(), kind), r.payload.clone());
+            r.payload
+        }))
+    }
+
     pub(crate) fn store(&self) -> &Store {
         &self.store
     }

@@ -7,13 +7,16 @@
 //! The agent depends on [`LlmClient`] and the tool registry only: it runs the same on the
 //! embedded engine, on any OpenAI-compatible server, and on a scripted client in tests.
 
+mod follow;
 mod journal;
 mod memory;
 mod prompts;
 mod run;
+mod trace;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autoglm_llm::{LlmClient, Usage};
@@ -23,6 +26,10 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 pub use prompts::Subtask;
+pub use trace::{trace, trace_tree};
+
+/// Statuses of a task that has not ended: a worker (or `resume`) may still drive it.
+pub const UNFINISHED: &[&str] = &["queued", "running", "waiting_approval"];
 
 /// Limits and knobs of one task.
 #[derive(Debug, Clone)]
@@ -93,6 +100,10 @@ pub enum StepKind {
     Reflection,
     /// A guard stepped in (a repeated action, a budget).
     Guard,
+    /// A tool marked "ask" waits for a person's decision before it runs.
+    ApprovalRequested,
+    /// The decision on an approval request.
+    Approval,
     Final,
 }
 
@@ -105,6 +116,8 @@ impl StepKind {
             StepKind::ToolResult => "tool_result",
             StepKind::Reflection => "reflection",
             StepKind::Guard => "guard",
+            StepKind::ApprovalRequested => "approval_requested",
+            StepKind::Approval => "approval",
             StepKind::Final => "final",
         }
     }
@@ -117,6 +130,8 @@ impl StepKind {
             "tool_result" => StepKind::ToolResult,
             "reflection" => StepKind::Reflection,
             "guard" => StepKind::Guard,
+            "approval_requested" => StepKind::ApprovalRequested,
+            "approval" => StepKind::Approval,
             "final" => StepKind::Final,
             _ => return None,
         })
@@ -191,6 +206,12 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("task {0} has already ended ({1})")]
     Ended(String, String),
+    #[error("task {0} is already being run by this agent")]
+    Busy(String),
+    #[error("unknown tool {0}")]
+    UnknownTool(String),
+    #[error("task {task} has no pending approval {n}")]
+    NoApproval { task: String, n: u64 },
     #[error("cannot create the workspace {path}: {source}")]
     Workspace {
         path: String,
@@ -208,6 +229,30 @@ pub struct Agent {
     pub(crate) cfg: AgentConfig,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) cancel: Cancel,
+    /// Tasks being driven by this agent now, with their own cancellation.
+    pub(crate) running: Arc<Mutex<HashMap<String, Cancel>>>,
+    /// Woken when an approval is decided, so a waiting task looks at its journal again.
+    pub(crate) decided: Arc<tokio::sync::Notify>,
+}
+
+/// What a task is asked to do, within which limits. It is stored in the task's settings, so a
+/// task resumed later (after a restart) runs with the same tools and budgets.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSpec {
+    pub goal: String,
+    pub tenant: String,
+    /// Default: a fresh folder under `AgentConfig::workspaces`.
+    pub workspace: Option<PathBuf>,
+    /// A subset of the agent's tools by name (`None`: all of them).
+    pub tools: Option<Vec<String>>,
+    /// Tools that wait for a person's approval before every call.
+    pub ask: Vec<String>,
+    /// Overrides of the agent's budgets for this task.
+    pub max_steps: Option<usize>,
+    pub max_tokens: Option<usize>,
+    pub max_duration: Option<Duration>,
+    /// The caller's own data (the server keeps the queue priority here), stored unread.
+    pub meta: Value,
 }
 
 impl Agent {
@@ -224,7 +269,18 @@ impl Agent {
             cfg,
             events: broadcast::channel(1024).0,
             cancel: Cancel::default(),
+            running: Arc::default(),
+            decided: Arc::default(),
         }
+    }
+
+    /// Names of the tools this agent can offer.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tools.names()
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// Every step record of every task this agent runs, as it is journaled.
@@ -244,26 +300,151 @@ impl Agent {
         goal: &str,
         workspace: Option<PathBuf>,
     ) -> Result<TaskOutcome, AgentError> {
+        let spec = TaskSpec {
+            goal: goal.to_string(),
+            tenant: self.cfg.tenant.clone(),
+            workspace,
+            ..TaskSpec::default()
+        };
+        let id = self.create(&spec, "running")?;
+        self.drive(&id).await
+    }
+
+    /// Creates a task without running it (status "queued"); [`Agent::resume`] runs it later.
+    pub fn submit(&self, spec: &TaskSpec) -> Result<String, AgentError> {
+        self.create(spec, "queued")
+    }
+
+    fn create(&self, spec: &TaskSpec, status: &str) -> Result<String, AgentError> {
+        let names = self.tools.names();
+        for n in spec.tools.iter().flatten().chain(&spec.ask) {
+            if !names.contains(n) {
+                return Err(AgentError::UnknownTool(format!(
+                    "{n} (available: {})",
+                    names.join(", ")
+                )));
+            }
+        }
         let id = new_task_id();
-        let workspace = workspace.unwrap_or_else(|| self.cfg.workspaces.join(&id));
+        let workspace = spec
+            .workspace
+            .clone()
+            .unwrap_or_else(|| self.cfg.workspaces.join(&id));
         std::fs::create_dir_all(&workspace).map_err(|source| AgentError::Workspace {
             path: workspace.display().to_string(),
             source,
         })?;
+        let tools = spec.tools.clone().unwrap_or(names);
         let settings = json!({"workspace": workspace, "backend": self.llm.describe(),
-                              "tools": self.tools.names(), "max_steps": self.cfg.max_steps});
+                              "tools": tools, "ask": spec.ask,
+                              "max_steps": spec.max_steps.unwrap_or(self.cfg.max_steps),
+                              "max_tokens": spec.max_tokens.unwrap_or(self.cfg.max_tokens),
+                              "max_duration_ms": spec.max_duration.unwrap_or(self.cfg.max_duration).as_millis() as u64,
+                              "meta": spec.meta});
         self.store
-            .create_task(&id, &self.cfg.tenant, goal, &settings)?;
-        self.drive(&id).await
+            .insert_task(&id, &spec.tenant, &spec.goal, status, &settings)?;
+        Ok(id)
     }
 
-    /// Continues an unfinished task from its journal.
+    /// Drives an unfinished task (queued, running or waiting for an approval) to its end from
+    /// its journal: completed model and tool calls are replayed, not made again.
     pub async fn resume(&self, task_id: &str) -> Result<TaskOutcome, AgentError> {
         let t = self.store.task(task_id)?;
-        if t.status != "running" {
+        if !UNFINISHED.contains(&t.status.as_str()) {
             return Err(AgentError::Ended(t.id, t.status));
         }
         self.drive(task_id).await
+    }
+
+    /// Cancels one task: a task this agent is running stops at its next step; a task nobody
+    /// runs (queued, or left unfinished by a crash) is ended `cancelled` at once. Returns
+    /// false when the task had already ended (cancelling is idempotent).
+    pub fn cancel(&self, task_id: &str) -> Result<bool, AgentError> {
+        // Under the lock: `drive` registers itself and reads the journal under it too, so the
+        // task either is registered here or sees the final record written below.
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = running.get(task_id) {
+            c.cancel();
+            return Ok(true);
+        }
+        let t = self.store.task(task_id)?;
+        if !UNFINISHED.contains(&t.status.as_str()) {
+            return Ok(false);
+        }
+        let journal = journal::Journal::load(self.store.clone(), task_id, self.events.clone())?;
+        if journal.recorded("final", StepKind::Final).is_none() {
+            let now = autoglm_store::now_ms();
+            journal.append(
+                StepKind::Final,
+                json!({"key": "final", "status": "cancelled", "reason": null, "answer": null,
+                       "started_ms": now, "ended_ms": now}),
+            )?;
+        }
+        self.store.set_status(task_id, "cancelled", None)?;
+        Ok(true)
+    }
+
+    /// Whether this agent is driving the task right now.
+    pub fn is_running(&self, task_id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(task_id)
+    }
+
+    /// Grants or denies pending approval `n` of a task. The decision is journaled, so it holds
+    /// across restarts; the waiting task continues (a denied call's result says so).
+    pub fn decide(
+        &self,
+        task_id: &str,
+        n: u64,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let records = self.store.records(task_id)?;
+        let request = records.iter().find(|r| {
+            r.kind == StepKind::ApprovalRequested.as_str() && r.payload["n"].as_u64() == Some(n)
+        });
+        let Some(request) = request else {
+            return Err(AgentError::NoApproval {
+                task: task_id.to_string(),
+                n,
+            });
+        };
+        let key = request.payload["key"].as_str().unwrap_or("").to_string();
+        let decided = records.iter().any(|r| {
+            r.kind == StepKind::Approval.as_str() && r.payload["key"].as_str() == Some(&key)
+        });
+        if decided || records.iter().any(|r| r.kind == "final") {
+            return Err(AgentError::NoApproval {
+                task: task_id.to_string(),
+                n,
+            });
+        }
+        let journal = journal::Journal::load(self.store.clone(), task_id, self.events.clone())?;
+        let now = autoglm_store::now_ms();
+        journal.append(
+            StepKind::Approval,
+            json!({"key": key, "n": n, "approve": approve, "reason": reason,
+                   "started_ms": now, "ended_ms": now}),
+        )?;
+        self.decided.notify_waiters();
+        Ok(())
+    }
+
+    /// The task's records after sequence number `after`, then the ones still to come, until
+    /// the task's final record (see [`follow`]).
+    pub fn follow(
+        &self,
+        task_id: &str,
+        after: i64,
+    ) -> impl futures_util::Stream<Item = Result<Event, AgentError>> + Send + 'static {
+        follow::follow(
+            self.store.clone(),
+            self.events.subscribe(),
+            task_id.to_string(),
+            after,
+        )
     }
 
     /// A finished or running task's outcome as recorded (for `trace`).

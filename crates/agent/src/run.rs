@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use autoglm_llm::{ChatRequest, ChatResponse, Message, ToolCall, ToolChoice, ToolDef, Usage};
 use autoglm_store::{Record, TaskRow, now_ms};
-use autoglm_tools::{ToolContext, ToolError};
+use autoglm_tools::{Cancel, MemorySave, MemorySearch, ToolContext, ToolError, ToolRegistry};
 use serde_json::{Value, json};
 
 use crate::journal::Journal;
@@ -38,6 +38,16 @@ impl From<AgentError> for Stop {
 
 struct TaskRun<'a> {
     agent: &'a Agent,
+    /// The agent's configuration with this task's budgets.
+    cfg: crate::AgentConfig,
+    /// The tools this task may use, memory bound to its tenant.
+    tools: ToolRegistry,
+    /// Tools that wait for a person's approval before each call.
+    ask: Vec<String>,
+    tenant: String,
+    cancel: Cancel,
+    /// Numbers approval requests one at a time (concurrent subtasks may ask together).
+    approvals: tokio::sync::Mutex<()>,
     journal: Journal,
     goal: String,
     ctx: ToolContext,
@@ -48,55 +58,165 @@ struct TaskRun<'a> {
     usage: Mutex<Usage>,
 }
 
+/// Unregisters a task from the agent's running set and stops its cancel watcher, also when
+/// the run's future is dropped mid-way (a server shutting down).
+struct Running<'a> {
+    agent: &'a Agent,
+    id: String,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        self.agent
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn list(v: &Value) -> Option<Vec<String>> {
+    v.as_array().map(|a| {
+        a.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    })
+}
+
 impl Agent {
+    /// The task's budgets from its settings (the agent's where a setting is absent).
+    fn task_config(&self, settings: &Value) -> crate::AgentConfig {
+        let mut cfg = self.cfg.clone();
+        let n = |k: &str| settings[k].as_u64().map(|v| v as usize);
+        if let Some(v) = n("max_steps") {
+            cfg.max_steps = v;
+        }
+        if let Some(v) = n("max_tokens") {
+            cfg.max_tokens = v;
+        }
+        if let Some(v) = settings["max_duration_ms"].as_u64() {
+            cfg.max_duration = std::time::Duration::from_millis(v);
+        }
+        cfg
+    }
+
+    /// The task's tools: the subset its settings name, memory tools bound to its tenant.
+    fn task_tools(&self, settings: &Value, tenant: &str) -> Result<ToolRegistry, String> {
+        let mut tools = match list(&settings["tools"]) {
+            Some(names) => self.tools.select(&names).map_err(|e| e.to_string())?,
+            None => self.tools.clone(),
+        };
+        if tools.get("memory_search").is_some() {
+            tools.add(std::sync::Arc::new(MemorySearch {
+                store: self.store.clone(),
+                tenant: tenant.to_string(),
+            }));
+        }
+        if tools.get("memory_save").is_some() {
+            tools.add(std::sync::Arc::new(MemorySave {
+                store: self.store.clone(),
+                tenant: tenant.to_string(),
+            }));
+        }
+        Ok(tools)
+    }
+
     pub(crate) async fn drive(&self, id: &str) -> Result<TaskOutcome, AgentError> {
-        let task = self.store.task(id)?;
-        let journal = Journal::load(self.store.clone(), id, self.events.clone())?;
+        let cancel = Cancel::default();
+        let (task, journal) = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.contains_key(id) {
+                return Err(AgentError::Busy(id.to_string()));
+            }
+            // Read under the lock: a concurrent `cancel` either finds us registered or has
+            // already journaled its final record, which this load then sees.
+            let task = self.store.task(id)?;
+            let journal = Journal::load(self.store.clone(), id, self.events.clone())?;
+            running.insert(id.to_string(), cancel.clone());
+            (task, journal)
+        };
+        let global = self.cancel.clone();
+        let task_cancel = cancel.clone();
+        let _running = Running {
+            agent: self,
+            id: id.to_string(),
+            // The agent-wide cancel (Ctrl-C in the CLI) reaches every task it runs.
+            watcher: tokio::spawn(async move {
+                global.cancelled().await;
+                task_cancel.cancel();
+            }),
+        };
         if journal.recorded("final", StepKind::Final).is_none() {
+            if task.status != "running" {
+                self.store.set_status(id, "running", None)?;
+            }
             let workspace = task
                 .settings
                 .get("workspace")
                 .and_then(Value::as_str)
                 .map_or_else(std::env::temp_dir, PathBuf::from);
+            let cfg = self.task_config(&task.settings);
             let mut ctx = ToolContext::new(workspace);
-            ctx.timeout = self.cfg.tool_timeout;
+            ctx.timeout = cfg.tool_timeout;
             ctx.http_allow = self.cfg.http_allow.clone();
-            ctx.cancel = self.cancel.clone();
-            let run = TaskRun {
-                agent: self,
-                tool_defs: self
-                    .tools
-                    .iter()
-                    .map(|t| ToolDef {
-                        name: t.name().to_string(),
-                        description: t.description().to_string(),
-                        parameters: t.parameters(),
-                    })
-                    .collect(),
-                journal,
-                goal: task.goal.clone(),
-                ctx,
-                steps: AtomicUsize::new(0),
-                tokens: AtomicUsize::new(0),
-                started: Instant::now(),
-                usage: Mutex::new(Usage::default()),
-            };
-            let (status, answer) = match run.execute().await {
-                Ok(a) => (Status::Succeeded, Some(a)),
-                Err(Stop::Budget(r)) => (Status::BudgetExhausted(r), None),
-                Err(Stop::Cancelled) => (Status::Cancelled, None),
-                Err(Stop::Failed(r)) => (Status::Failed(r), None),
-                // The store failed: leave the task running so it can be resumed.
-                Err(Stop::Store(e)) => return Err(e),
+            ctx.cancel = cancel.clone();
+            let (status, answer, journal) = match self.task_tools(&task.settings, &task.tenant) {
+                Err(e) => (
+                    Status::Failed(format!("the task's tools: {e}")),
+                    None,
+                    journal,
+                ),
+                Ok(tools) => {
+                    let run = TaskRun {
+                        agent: self,
+                        tool_defs: tools
+                            .iter()
+                            .map(|t| ToolDef {
+                                name: t.name().to_string(),
+                                description: t.description().to_string(),
+                                parameters: t.parameters(),
+                            })
+                            .collect(),
+                        cfg,
+                        tools,
+                        ask: list(&task.settings["ask"]).unwrap_or_default(),
+                        tenant: task.tenant.clone(),
+                        cancel: cancel.clone(),
+                        approvals: tokio::sync::Mutex::new(()),
+                        journal,
+                        goal: task.goal.clone(),
+                        ctx,
+                        steps: AtomicUsize::new(0),
+                        tokens: AtomicUsize::new(0),
+                        started: Instant::now(),
+                        usage: Mutex::new(Usage::default()),
+                    };
+                    let (status, answer) = match run.execute().await {
+                        Ok(a) => (Status::Succeeded, Some(a)),
+                        Err(Stop::Budget(r)) => (Status::BudgetExhausted(r), None),
+                        Err(Stop::Cancelled) => (Status::Cancelled, None),
+                        Err(Stop::Failed(r)) => (Status::Failed(r), None),
+                        // The store failed: leave the task unfinished so it can be resumed.
+                        Err(Stop::Store(e)) => return Err(e),
+                    };
+                    (status, answer, run.journal)
+                }
             };
             let t = now_ms();
-            run.journal.append(
+            journal.append(
                 StepKind::Final,
                 json!({"key": "final", "status": status.as_str(), "reason": status.reason(),
                        "answer": answer, "started_ms": t, "ended_ms": t}),
             )?;
         }
-        // Status and memory follow the final record (also when an earlier run crashed between).
+        self.finish(id, &task)
+    }
+
+    /// Status and memory follow the final record (also when an earlier run crashed between).
+    fn finish(&self, id: &str, task: &TaskRow) -> Result<TaskOutcome, AgentError> {
         let fin = self
             .store
             .records(id)?
@@ -199,7 +319,7 @@ fn signature(call: &ToolCall) -> (String, String) {
 
 impl TaskRun<'_> {
     fn cfg(&self) -> &crate::AgentConfig {
-        &self.agent.cfg
+        &self.cfg
     }
 
     async fn execute(&self) -> Result<String, Stop> {
@@ -207,7 +327,7 @@ impl TaskRun<'_> {
         let memories: Vec<String> = if cfg.recall > 0 {
             self.journal
                 .store()
-                .search_memory(&cfg.tenant, &self.goal, cfg.recall)
+                .search_memory(&self.tenant, &self.goal, cfg.recall)
                 .map_err(AgentError::from)?
                 .into_iter()
                 .map(|m| m.text)
@@ -571,7 +691,7 @@ impl TaskRun<'_> {
     /// Budget and cancellation checks before a model call.
     fn check_budgets(&self) -> Result<(), Stop> {
         let cfg = self.cfg();
-        if self.agent.cancel.is_cancelled() {
+        if self.cancel.is_cancelled() {
             return Err(Stop::Cancelled);
         }
         if self.steps.load(Ordering::SeqCst) >= cfg.max_steps {
@@ -617,7 +737,7 @@ impl TaskRun<'_> {
         }
         self.check_budgets()?;
         let started = now_ms();
-        let cancel = self.agent.cancel.clone();
+        let cancel = self.cancel.clone();
         let resp = tokio::select! {
             r = self.agent.llm.chat(req, None) => {
                 r.map_err(|e| Stop::Failed(format!("model call failed: {e}")))?
@@ -642,17 +762,31 @@ impl TaskRun<'_> {
         if let Some(rec) = self.journal.recorded(key, StepKind::ToolResult) {
             return Ok(rec["output"].as_str().unwrap_or("").to_string());
         }
-        if self.agent.cancel.is_cancelled() {
+        if self.cancel.is_cancelled() {
             return Err(Stop::Cancelled);
         }
+        if self.ask.contains(&call.name)
+            && let Err(denied) = self.approval(key, subtask, call).await?
+        {
+            let t = now_ms();
+            self.journal.append(
+                StepKind::ToolResult,
+                json!({"key": key, "subtask": subtask, "tool": call.name, "output": denied,
+                       "ok": false, "denied": true, "started_ms": t, "ended_ms": t}),
+            )?;
+            return Ok(denied);
+        }
         let started = now_ms();
-        self.journal.append(
-            StepKind::ToolCall,
-            json!({"key": key, "subtask": subtask, "tool": call.name, "arguments": call.arguments,
-                   "call_id": call.id, "started_ms": started, "ended_ms": started}),
-        )?;
+        // A call journaled without its result was cut off; it runs again, journaled once.
+        if self.journal.recorded(key, StepKind::ToolCall).is_none() {
+            self.journal.append(
+                StepKind::ToolCall,
+                json!({"key": key, "subtask": subtask, "tool": call.name,
+                       "arguments": call.arguments, "call_id": call.id,
+                       "started_ms": started, "ended_ms": started}),
+            )?;
+        }
         let (output, ok) = match self
-            .agent
             .tools
             .call(&call.name, call.arguments.clone(), &self.ctx)
             .await
@@ -667,6 +801,76 @@ impl TaskRun<'_> {
                    "started_ms": started, "ended_ms": now_ms()}),
         )?;
         Ok(output)
+    }
+
+    /// Asks a person before a call of a tool marked "ask": journals the request (once, with
+    /// its number in the task) and waits for the journaled decision. `Ok(Err(text))` when it
+    /// was denied: the text is what the model is told instead of the tool's result.
+    async fn approval(
+        &self,
+        key: &str,
+        subtask: usize,
+        call: &ToolCall,
+    ) -> Result<Result<(), String>, Stop> {
+        let mut waiting = false;
+        let decision = loop {
+            // Registered before looking, so a decision made in between still wakes us.
+            let woken = self.agent.decided.notified();
+            if let Some(d) = self.journal.reload(key, StepKind::Approval)? {
+                break d;
+            }
+            if self
+                .journal
+                .recorded(key, StepKind::ApprovalRequested)
+                .is_none()
+            {
+                let _one_at_a_time = self.approvals.lock().await;
+                let n = 1 + self
+                    .journal
+                    .store()
+                    .records(&self.journal.task_id)
+                    .map_err(AgentError::from)?
+                    .iter()
+                    .filter(|r| r.kind == StepKind::ApprovalRequested.as_str())
+                    .count();
+                let t = now_ms();
+                self.journal.append(
+                    StepKind::ApprovalRequested,
+                    json!({"key": key, "n": n, "subtask": subtask, "tool": call.name,
+                           "arguments": call.arguments, "started_ms": t, "ended_ms": t}),
+                )?;
+            }
+            if !waiting {
+                waiting = true;
+                self.journal
+                    .store()
+                    .set_status(&self.journal.task_id, "waiting_approval", None)
+                    .map_err(AgentError::from)?;
+            }
+            tokio::select! {
+                _ = woken => {}
+                // Decisions journaled by another process never notify this one.
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
+            }
+        };
+        if waiting {
+            self.journal
+                .store()
+                .set_status(&self.journal.task_id, "running", None)
+                .map_err(AgentError::from)?;
+        }
+        if decision["approve"] == true {
+            return Ok(Ok(()));
+        }
+        let why = decision["reason"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        Ok(Err(format!(
+            "The call of {} was denied by a person{why}. Do not call it again; answer without it.",
+            call.name
+        )))
     }
 }
 

@@ -667,3 +667,179 @@ async fn the_http_allowlist_reaches_the_tools() {
         );
     }
 }
+
+/// A task submitted for a tenant runs later with its own settings: its tools subset, its step
+/// budget, its tenant's memory.
+#[tokio::test]
+async fn submitted_tasks_run_later_with_their_own_settings_and_tenant() {
+    let llm = router(0, |req| {
+        if is_plan(req) {
+            plan(&[("count it", &[])])
+        } else if is_check(req) {
+            ok()
+        } else if req.messages.last().unwrap().role == autoglm_llm::Role::Tool {
+            ChatResponse::text("counted it")
+        } else {
+            // Only the task's tools are offered.
+            let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(names, ["counter"], "{names:?}");
+            ChatResponse::call("counter", json!({"x": "a"}))
+        }
+    });
+    let s = setup(llm, AgentConfig::default());
+    let spec = autoglm_agent::TaskSpec {
+        goal: "Count it".into(),
+        tenant: "acme".into(),
+        workspace: Some(s.ws.clone()),
+        tools: Some(vec!["counter".into()]),
+        max_steps: Some(7),
+        meta: json!({"priority": "batch"}),
+        ..Default::default()
+    };
+    let id = s.agent.submit(&spec).unwrap();
+    let t = s.store.task(&id).unwrap();
+    assert_eq!((t.status.as_str(), t.tenant.as_str()), ("queued", "acme"));
+    assert_eq!(t.settings["max_steps"], 7);
+    assert_eq!(t.settings["meta"]["priority"], "batch");
+    assert!(s.store.records(&id).unwrap().is_empty(), "nothing ran yet");
+    let o = s.agent.resume(&id).await.unwrap();
+    assert_eq!(o.status, Status::Succeeded, "{o:?}");
+    // The outcome is remembered for the task's tenant only.
+    assert_eq!(
+        s.store.search_memory("acme", "counted", 3).unwrap().len(),
+        1
+    );
+    assert!(
+        s.store
+            .search_memory("default", "counted", 3)
+            .unwrap()
+            .is_empty()
+    );
+    // Unknown tools are refused at submission.
+    let bad = autoglm_agent::TaskSpec {
+        tools: Some(vec!["teleport".into()]),
+        ..spec.clone()
+    };
+    assert!(matches!(
+        s.agent.submit(&bad),
+        Err(autoglm_agent::AgentError::UnknownTool(_))
+    ));
+    // The step budget of the task, not the agent's, applies.
+    let tight = autoglm_agent::TaskSpec {
+        max_steps: Some(1),
+        ..spec
+    };
+    let id = s.agent.submit(&tight).unwrap();
+    let o = s.agent.resume(&id).await.unwrap();
+    assert!(matches!(o.status, Status::BudgetExhausted(_)), "{o:?}");
+}
+
+/// Cancelling one task by id leaves the others running; a queued task ends at once.
+#[tokio::test]
+async fn tasks_are_cancelled_by_id() {
+    let llm = router(100, |req| {
+        if is_plan(req) {
+            plan(&[("wait", &[])])
+        } else if is_check(req) {
+            ok()
+        } else {
+            ChatResponse::text("waited")
+        }
+    });
+    let s = setup(llm, AgentConfig::default());
+    let spec = |goal: &str| autoglm_agent::TaskSpec {
+        goal: goal.into(),
+        tenant: "default".into(),
+        ..Default::default()
+    };
+    let a = s.agent.submit(&spec("Wait a")).unwrap();
+    let b = s.agent.submit(&spec("Wait b")).unwrap();
+    let queued = s.agent.submit(&spec("Wait c")).unwrap();
+    assert!(s.agent.cancel(&queued).unwrap());
+    assert_eq!(s.store.task(&queued).unwrap().status, "cancelled");
+    assert!(!s.agent.cancel(&queued).unwrap(), "idempotent");
+    assert!(matches!(
+        s.agent.resume(&queued).await,
+        Err(autoglm_agent::AgentError::Ended(..))
+    ));
+    let agent = s.agent.clone();
+    let a2 = a.clone();
+    let ra = tokio::spawn(async move { agent.resume(&a2).await });
+    let agent = s.agent.clone();
+    let b2 = b.clone();
+    let rb = tokio::spawn(async move { agent.resume(&b2).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(s.agent.is_running(&a));
+    assert!(s.agent.cancel(&a).unwrap());
+    let oa = ra.await.unwrap().unwrap();
+    let ob = rb.await.unwrap().unwrap();
+    assert_eq!(oa.status, Status::Cancelled);
+    assert_eq!(ob.status, Status::Succeeded, "{ob:?}");
+    assert!(!s.agent.is_running(&a));
+}
+
+/// Following a task: the journal so far, then live records, each once, then the end.
+#[tokio::test]
+async fn following_a_task_yields_every_record_once_then_ends() {
+    use futures_util::StreamExt;
+    let llm = router(60, |req| {
+        if is_plan(req) {
+            plan(&[("a", &[]), ("b", &[])])
+        } else if is_check(req) {
+            ok()
+        } else if is_compose(req) {
+            ChatResponse::text("both")
+        } else {
+            ChatResponse::text("done")
+        }
+    });
+    let s = setup(llm, AgentConfig::default());
+    let id = s
+        .agent
+        .submit(&autoglm_agent::TaskSpec {
+            goal: "Do a and b".into(),
+            tenant: "default".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    // Followers made before the run and mid-way, first polled later: the records written in
+    // between reach them twice (the broadcast they subscribed to, and the journal they read),
+    // and must come out once.
+    let early = s.agent.follow(&id, 0);
+    let agent = s.agent.clone();
+    let id2 = id.clone();
+    let run = tokio::spawn(async move { agent.resume(&id2).await });
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let mid = s.agent.follow(&id, 0);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let collect = |f: futures_util::stream::BoxStream<'static, _>| {
+        f.map(|e: Result<autoglm_agent::Event, _>| e.unwrap().seq)
+            .collect::<Vec<i64>>()
+    };
+    // Both are polled mid-way: the run takes five rounds of 60 ms.
+    let (seen, seen_mid) = tokio::join!(collect(early.boxed()), collect(mid.boxed()));
+    run.await.unwrap().unwrap();
+    let all: Vec<i64> = s
+        .store
+        .records(&id)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert!(all.len() > 8, "{all:?}");
+    assert_eq!(seen, all);
+    assert_eq!(seen_mid, all);
+    let tail: Vec<i64> = s
+        .agent
+        .follow(&id, 3)
+        .map(|e| e.unwrap().seq)
+        .collect()
+        .await;
+    assert_eq!(tail, all[3..]);
+}
+
+fn is_compose(req: &ChatRequest) -> bool {
+    req.messages[0]
+        .content
+        .starts_with("You write the final answer")
+}

@@ -235,6 +235,21 @@ fn live_line(e: &Event) -> Option<String> {
             short(&p["reason"], 100)
         ),
         StepKind::Guard => format!("  ! {}: {}", p["guard"].as_str()?, short(&p["detail"], 100)),
+        StepKind::ApprovalRequested => format!(
+            "  ? approval {} needed for {} {}",
+            p["n"],
+            p["tool"].as_str()?,
+            short(&p["arguments"], 100)
+        ),
+        StepKind::Approval => format!(
+            "  {} approval {}",
+            if p["approve"] == true {
+                "granted"
+            } else {
+                "denied"
+            },
+            p["n"]
+        ),
         StepKind::Final => format!("done: {}", p["status"].as_str()?),
     })
 }
@@ -367,13 +382,11 @@ pub fn tasks(json_out: bool) -> Result<()> {
 /// `autoglm trace ID`: the records as a tree by their keys, with timings and tokens.
 pub fn trace(id: &str, json_out: bool) -> Result<()> {
     let store = open_store()?;
-    let o = Agent::outcome(&store, id)?;
     if json_out {
-        let mut v = o.to_json();
-        v["tree"] = tree(&o.steps);
-        println!("{v}");
+        println!("{}", autoglm_agent::trace(&store, id)?);
         return Ok(());
     }
+    let o = Agent::outcome(&store, id)?;
     println!(
         "task {} · {}{}",
         o.task_id,
@@ -434,35 +447,4 @@ pub fn trace(id: &str, json_out: bool) -> Result<()> {
         o.usage.prompt_tokens, o.usage.cached_tokens, o.usage.completion_tokens
     );
     Ok(())
-}
-
-/// Records nested by key prefix: "plan0/s1/a0/r0/t0" sits under "plan0/s1/a0/r0".
-fn tree(steps: &[Value]) -> Value {
-    fn insert(node: &mut Value, path: &[&str], step: &Value) {
-        let Some((head, rest)) = path.split_first() else {
-            if let Some(a) = node["records"].as_array_mut() {
-                a.push(step.clone());
-            }
-            return;
-        };
-        let children = node["children"].as_array_mut();
-        let Some(children) = children else {
-            return;
-        };
-        let i = match children.iter().position(|c| c["name"] == *head) {
-            Some(i) => i,
-            None => {
-                children.push(json!({"name": head, "records": [], "children": []}));
-                children.len() - 1
-            }
-        };
-        insert(&mut children[i], rest, step);
-    }
-    let mut root = json!({"name": "task", "records": [], "children": []});
-    for s in steps {
-        let key = s["key"].as_str().unwrap_or("");
-        let path: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
-        insert(&mut root, &path, s);
-    }
-    root
 }

@@ -113,7 +113,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve the OpenAI-compatible API (continuous batching, prefix caching, admission control).
+    /// Serve the OpenAI-compatible API and the tasks API (agent tasks on a worker pool, resumed after a restart).
     Serve {
         #[command(flatten)]
         model: ModelArgs,
@@ -134,6 +134,12 @@ enum Command {
         /// Most sequences decoding together.
         #[arg(long, default_value_t = 16)]
         max_batch: usize,
+        /// Agent tasks running at once (the tasks API's worker pool).
+        #[arg(long, default_value_t = 2)]
+        task_workers: usize,
+        /// Submitted tasks allowed to wait for a worker; past it, 429.
+        #[arg(long, default_value_t = 64)]
+        max_queued_tasks: usize,
     },
     /// Manage models: list, pull, rm, info.
     Model {
@@ -347,7 +353,12 @@ fn run(cli: Cli) -> Result<()> {
             kv_cache_mb,
             kv_cache_type,
             max_batch,
+            task_workers,
+            max_queued_tasks,
         } => {
+            if task_workers == 0 {
+                bail!("--task-workers must be at least 1");
+            }
             let path = resolve(&model.model)?;
             let loaded = autoglm_model::Model::load(&path)
                 .with_context(|| format!("loading {}", path.display()))?;
@@ -367,8 +378,23 @@ fn run(cli: Cli) -> Result<()> {
             let addr: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .with_context(|| format!("invalid address {host}:{port}"))?;
-            let state =
-                autoglm_server::AppState::new(loaded, &model.model, cfg, agent_cmd::open_store()?)?;
+            let engine = autoglm_engine::EngineHandle::start(loaded, cfg)?;
+            engine.prepare_constraints();
+            let tasks = autoglm_server::TasksConfig {
+                workers: task_workers,
+                max_queued: max_queued_tasks,
+                agent: autoglm_agent::AgentConfig {
+                    workspaces: agent_cmd::home()?.join("workspaces"),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let state = autoglm_server::AppState::with_engine(
+                engine,
+                &model.model,
+                agent_cmd::open_store()?,
+                tasks,
+            );
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use autoglm_testkit::reference;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn autoglm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_autoglm"))
@@ -294,8 +294,10 @@ fn serve_works_with_the_official_openai_client() {
         return;
     }
     ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_autoglm"))
         .args(["serve", "--port", "0", "--threads", "2"])
+        .env("AUTOGLM_HOME", home.path())
         .stderr(Stdio::piped())
         .spawn()
         .expect("server starts");
@@ -425,6 +427,9 @@ fn run_on_the_embedded_model_calls_the_calculator_and_is_traced() {
 struct Server {
     child: std::process::Child,
     url: String,
+    /// The server's own $AUTOGLM_HOME: it resumes unfinished tasks of its database at start,
+    /// so it must never share the user's.
+    _home: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -438,8 +443,10 @@ fn start_server() -> Server {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
         .args(["serve", "--port", "0", "--threads", "2"])
+        .env("AUTOGLM_HOME", home.path())
         .stderr(Stdio::piped())
         .spawn()
         .expect("server starts");
@@ -453,7 +460,11 @@ fn start_server() -> Server {
                 .map(str::to_string)
         })
         .expect("server prints its address");
-    Server { child, url }
+    Server {
+        child,
+        url,
+        _home: Some(home),
+    }
 }
 
 #[test]
@@ -603,4 +614,177 @@ fn mcp_config_and_allowed_hosts_are_checked_before_any_model_loads() {
         "{err}"
     );
     assert!(err.contains("available: calculator"), "{err}");
+}
+
+/// A minimal HTTP/1.1 exchange over loopback (the tests have no HTTP client): status and body.
+fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("server reachable");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(600)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Chunked bodies (the event stream): join the chunks.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut r = rest;
+        while let Some((size, tail)) = r.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            r = tail[n..].strip_prefix("\r\n").unwrap_or(&tail[n..]);
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+/// `autoglm serve` with its state in `home`; returns the child and the `host:port` it bound.
+fn serve_in(home: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--threads",
+            "2",
+            "--task-workers",
+            "2",
+        ])
+        .env("AUTOGLM_HOME", home)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let err = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines().map_while(Result::ok);
+    let addr = lines
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("http://"))
+                .and_then(|w| w.strip_suffix("/v1"))
+                .map(str::to_string)
+        })
+        .expect("server prints its address");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// The issue's restart test on the real binary and the embedded model: five tasks, the server
+/// killed (-9) mid-way, started again: all five finish, no completed model or tool call is
+/// journaled twice, and each task's events stream shows its whole history.
+#[test]
+fn serve_resumes_five_tasks_after_being_killed_mid_way() {
+    ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve_in(home.path());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let body = json!({"goal": format!("What is {} * 7? Use the calculator.", 11 + i),
+                          "tools": ["calculator"], "max_steps": 8});
+        let (status, resp) = http(&addr, "POST", "/v1/tasks", Some(&body.to_string()));
+        assert_eq!(status, 202, "{resp}");
+        let v: Value = serde_json::from_str(&resp).unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    // Kill once some work is journaled, before everything is done.
+    let db = home.path().join("autoglm.db");
+    let store = autoglm_store::Store::open(&db).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        assert!(t0.elapsed().as_secs() < 300, "no progress");
+        let n: usize = ids.iter().map(|id| store.records(id).unwrap().len()).sum();
+        if n >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before: Vec<_> = ids.iter().map(|id| store.records(id).unwrap()).collect();
+    let unfinished = ids
+        .iter()
+        .filter(|id| store.task(id).unwrap().status != "succeeded")
+        .count();
+    eprintln!("killed with {unfinished} of 5 unfinished");
+    assert!(unfinished > 0, "the kill came mid-way");
+
+    let (child, addr) = serve_in(home.path());
+    let server = Server {
+        child,
+        url: format!("http://{addr}/v1"),
+        _home: None,
+    };
+    for id in &ids {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (status, resp) = http(&addr, "GET", &format!("/v1/tasks/{id}"), None);
+            assert_eq!(status, 200, "{resp}");
+            let v: Value = serde_json::from_str(&resp).unwrap();
+            let s = v["status"].as_str().unwrap().to_string();
+            if !["queued", "running", "waiting_approval"].contains(&s.as_str()) {
+                eprintln!("{id}: {s} {}", v["answer"]);
+                break;
+            }
+            assert!(t0.elapsed().as_secs() < 900, "{id} never finished: {v}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    for (id, before) in ids.iter().zip(&before) {
+        let after = store.records(id).unwrap();
+        assert_eq!(after[..before.len()], before[..], "history kept");
+        assert!(after.iter().any(|r| r.kind == "final"));
+        let mut keys: Vec<(String, String)> = after
+            .iter()
+            .map(|r| {
+                (
+                    r.kind.clone(),
+                    r.payload["key"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "a record was journaled twice: {after:?}");
+        // The events stream replays the whole history and ends.
+        let (status, sse) = http(&addr, "GET", &format!("/v1/tasks/{id}/events"), None);
+        assert_eq!(status, 200);
+        let seqs: Vec<i64> = sse
+            .lines()
+            .filter_map(|l| l.strip_prefix("id:"))
+            .map(|v| v.trim().parse().unwrap())
+            .collect();
+        assert_eq!(seqs, after.iter().map(|r| r.seq).collect::<Vec<_>>());
+        assert!(sse.contains("event: end"), "{sse}");
+    }
+    let (_, metrics) = http(&addr, "GET", "/metrics", None);
+    assert!(
+        metrics.contains("autoglm_tasks_finished_total{status="),
+        "{metrics}"
+    );
+    drop(server);
 }

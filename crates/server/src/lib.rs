@@ -7,6 +7,10 @@
 //! - `POST /v1/chat/completions`, `POST /v1/completions`: OpenAI-compatible, streaming (server-sent
 //!   events) or not, with `usage` including cached prompt tokens.
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text format).
+//! - The tasks API (`tasks.rs`): `POST /v1/tasks`, `GET /v1/tasks`, `GET /v1/tasks/{id}`,
+//!   `POST /v1/tasks/{id}/cancel`, `GET /v1/tasks/{id}/events` (server-sent events of the
+//!   journal), `GET /v1/tasks/{id}/trace`, `POST /v1/tasks/{id}/approvals/{n}`; the tasks run
+//!   on the worker pool of `runner.rs` ([`AppState::start_tasks`]).
 //!
 //! Every bad request gets a 4xx in OpenAI's error shape naming the problem; overload gets a 429
 //! with `Retry-After` at once; bodies are capped.
@@ -15,6 +19,8 @@ mod answer;
 pub mod auth;
 mod error;
 mod routes;
+mod runner;
+mod tasks;
 mod wire;
 
 use std::net::SocketAddr;
@@ -29,6 +35,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use runner::TasksConfig;
 
 /// Request bodies larger than this are refused (413) before parsing.
 pub const BODY_LIMIT: usize = 4 << 20;
@@ -44,6 +51,8 @@ pub struct AppState {
     pub(crate) started: u64,
     /// Tasks, journals, memory, keys and the audit log.
     pub(crate) store: Arc<Store>,
+    /// The agent and its worker pool.
+    pub(crate) tasks: Arc<runner::Runner>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +69,14 @@ pub enum ServerError {
     },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("tasks: {0}")]
+    Tasks(#[from] autoglm_agent::AgentError),
 }
 
 impl AppState {
     /// Starts the serving engine on `model` and prepares the chat template (the file's, or a
-    /// built-in one for models without). `store` holds the durable state.
+    /// built-in one for models without). `store` holds the durable state; tasks run with the
+    /// default pool ([`TasksConfig::default`]).
     pub fn new(
         model: Model,
         model_name: &str,
@@ -73,10 +85,36 @@ impl AppState {
     ) -> Result<Arc<AppState>, ServerError> {
         let engine = EngineHandle::start(model, cfg)?;
         engine.prepare_constraints();
+        Ok(AppState::with_engine(
+            engine,
+            model_name,
+            store,
+            TasksConfig::default(),
+        ))
+    }
+
+    /// Over an engine already started (tests share one between states). The task agent uses
+    /// `tasks.llm`, or when that is `None` an embedded client over this same engine, so task
+    /// model calls are batched with API requests.
+    pub fn with_engine(
+        engine: EngineHandle,
+        model_name: &str,
+        store: Arc<Store>,
+        tasks: TasksConfig,
+    ) -> Arc<AppState> {
         let tokenizer = engine.tokenizer().clone();
         let template = engine.template().clone();
         let context_length = engine.context_length();
-        Ok(Arc::new(AppState {
+        let llm = tasks
+            .llm
+            .unwrap_or_else(|| Arc::new(autoglm_llm::EmbeddedClient::new(engine.clone())));
+        let tools = tasks
+            .tools
+            .unwrap_or_else(|| autoglm_tools::ToolRegistry::with_memory(store.clone(), "default"));
+        let mut agent_cfg = tasks.agent;
+        agent_cfg.context_tokens = agent_cfg.context_tokens.min(context_length);
+        let agent = autoglm_agent::Agent::new(llm, tools, store.clone(), agent_cfg);
+        Arc::new(AppState {
             engine,
             tokenizer,
             template,
@@ -87,7 +125,8 @@ impl AppState {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             store,
-        }))
+            tasks: Arc::new(runner::Runner::new(agent, tasks.workers, tasks.max_queued)),
+        })
     }
 
     pub fn engine(&self) -> &EngineHandle {
@@ -96,6 +135,13 @@ impl AppState {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Starts the task workers on the current async runtime and re-enqueues the tasks a
+    /// previous run left unfinished (they resume from their journals). Returns how many were
+    /// re-enqueued; later calls do nothing. [`serve`] calls it.
+    pub fn start_tasks(self: &Arc<Self>) -> Result<usize, ServerError> {
+        Ok(self.tasks.start()?)
     }
 }
 
@@ -107,9 +153,23 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(routes::models))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
+        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/{id}", get(tasks::get))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/events", get(tasks::events))
+        .route("/v1/tasks/{id}/trace", get(tasks::trace))
+        .route("/v1/tasks/{id}/approvals/{n}", post(tasks::decide))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        // Until API keys exist every request acts for the single local user.
-        .layer(axum::Extension(auth::Principal::local()))
+        // Until API keys exist every request acts for the single local user (unless one is
+        // already there: tests act as other tenants that way; clients cannot set extensions).
+        .layer(axum::middleware::from_fn(
+            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
+                if req.extensions().get::<auth::Principal>().is_none() {
+                    req.extensions_mut().insert(auth::Principal::local());
+                }
+                next.run(req).await
+            },
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -120,6 +180,10 @@ pub async fn serve(
     addr: SocketAddr,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    let resumed = state.start_tasks()?;
+    if resumed > 0 {
+        eprintln!("resuming {resumed} unfinished tasks");
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;

@@ -44,7 +44,7 @@ struct Job {
 }
 
 impl AppState {
-    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+    pub(crate) fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
         match model {
             None | Some("") | Some("default") => Ok(()),
             Some(m) if m == self.model_name => Ok(()),
@@ -596,6 +596,7 @@ pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoRespons
         "Time between consecutive tokens of one sequence.",
         &s.itl,
     );
+    st.tasks.metrics.render(&mut out, st.tasks.queued());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

@@ -178,14 +178,68 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A new task, status "running".
     pub fn create_task(&self, id: &str, tenant: &str, goal: &str, settings: &Value) -> Result<()> {
+        self.insert_task(id, tenant, goal, "running", settings)
+    }
+
+    /// A new task with the given status ("queued" for one a worker will pick up).
+    pub fn insert_task(
+        &self,
+        id: &str,
+        tenant: &str,
+        goal: &str,
+        status: &str,
+        settings: &Value,
+    ) -> Result<()> {
         let now = now_ms();
         self.db().execute(
             "INSERT INTO tasks (id, tenant, goal, status, settings, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?5)",
-            params![id, tenant, goal, settings.to_string(), now],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![id, tenant, goal, status, settings.to_string(), now],
         )?;
         Ok(())
+    }
+
+    /// One page of `tenant`'s tasks, newest first: those with one of `statuses` (any status
+    /// when empty), older than the task `before` (a cursor: the last id of the previous page).
+    /// A cursor naming no task of `tenant` is [`StoreError::NoTask`].
+    pub fn task_page(
+        &self,
+        tenant: &str,
+        statuses: &[&str],
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>> {
+        let cursor: Option<(i64, String)> = match before {
+            None => None,
+            Some(id) => Some(
+                self.db()
+                    .query_row(
+                        "SELECT created_ms, id FROM tasks WHERE id = ?1 AND tenant = ?2",
+                        params![id, tenant],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?
+                    .ok_or_else(|| StoreError::NoTask(id.to_string()))?,
+            ),
+        };
+        let statuses = serde_json::to_string(statuses)?;
+        let (c_ms, c_id) = cursor.map_or((None, None), |(m, i)| (Some(m), Some(i)));
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT id, tenant, goal, status, answer, settings, created_ms, updated_ms
+             FROM tasks
+             WHERE tenant = ?1
+               AND (json_array_length(?2) = 0 OR status IN (SELECT value FROM json_each(?2)))
+               AND (?3 IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
+             ORDER BY created_ms DESC, id DESC LIMIT ?5",
+        )?;
+        let rows = st.query_map(
+            params![tenant, statuses, c_ms, c_id, limit as i64],
+            task_row,
+        )?;
+        rows.map(|r| r?).collect()
     }
 
     pub fn set_status(&self, id: &str, status: &str, answer: Option<&str>) -> Result<()> {
@@ -390,6 +444,9 @@ mod tests {
         assert_eq!(s.tasks(None, 10).unwrap().len(), 2);
         assert_eq!(s.tasks(Some("other"), 10).unwrap()[0].id, "t2");
         assert_eq!(s.tasks_with_status(&["running"]).unwrap().len(), 1);
+        s.insert_task("t3", "default", "third", "queued", &json!({}))
+            .unwrap();
+        assert_eq!(s.task("t3").unwrap().status, "queued");
         assert!(matches!(s.task("nope"), Err(StoreError::NoTask(_))));
         assert!(matches!(
             s.set_status("nope", "x", None),
@@ -397,6 +454,48 @@ mod tests {
         ));
         // Journal records of a task that does not exist are refused.
         assert!(s.append("ghost", "plan", &json!({})).is_err());
+    }
+
+    #[test]
+    fn task_pages_filter_by_tenant_and_status_and_follow_the_cursor() {
+        let s = Store::in_memory().unwrap();
+        for i in 0..7 {
+            let status = if i % 2 == 0 { "queued" } else { "succeeded" };
+            s.insert_task(&format!("t{i}"), "a", "g", status, &json!({}))
+                .unwrap();
+        }
+        s.insert_task("x", "b", "g", "queued", &json!({})).unwrap();
+        let mut seen = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let page = s.task_page("a", &[], before.as_deref(), 3).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 3);
+            before = page.last().map(|t| t.id.clone());
+            seen.extend(page.into_iter().map(|t| t.id));
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 7, "every task once: {seen:?}");
+        let queued = s.task_page("a", &["queued"], None, 100).unwrap();
+        assert_eq!(queued.len(), 4);
+        assert!(
+            queued
+                .iter()
+                .all(|t| t.status == "queued" && t.tenant == "a")
+        );
+        let both = s
+            .task_page("a", &["queued", "succeeded"], None, 100)
+            .unwrap();
+        assert_eq!(both.len(), 7);
+        // Another tenant's task is no cursor.
+        assert!(matches!(
+            s.task_page("a", &[], Some("x"), 3),
+            Err(StoreError::NoTask(_))
+        ));
     }
 
     #[test]
