@@ -2,6 +2,7 @@
 //! hub, and printing what the library crates return. Exit status: 0 success, 1 failure, 2 usage.
 
 mod agent_cmd;
+mod keys_cmd;
 mod model_cmd;
 
 use std::io::{BufRead, Write};
@@ -134,7 +135,18 @@ enum Command {
         /// Most sequences decoding together.
         #[arg(long, default_value_t = 16)]
         max_batch: usize,
+        /// Serve without API keys, every request as the one local user (for a single user on
+        /// loopback; see `autoglm keys`).
+        #[arg(long)]
+        no_auth: bool,
     },
+    /// Manage API keys: create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: keys_cmd::KeysCommand,
+    },
+    /// Show the audit log (who did what, when), newest first.
+    Audit(keys_cmd::AuditArgs),
     /// Manage models: list, pull, rm, info.
     Model {
         #[command(subcommand)]
@@ -347,6 +359,7 @@ fn run(cli: Cli) -> Result<()> {
             kv_cache_mb,
             kv_cache_type,
             max_batch,
+            no_auth,
         } => {
             let path = resolve(&model.model)?;
             let loaded = autoglm_model::Model::load(&path)
@@ -367,8 +380,25 @@ fn run(cli: Cli) -> Result<()> {
             let addr: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .with_context(|| format!("invalid address {host}:{port}"))?;
-            let state =
-                autoglm_server::AppState::new(loaded, &model.model, cfg, agent_cmd::open_store()?)?;
+            let store = agent_cmd::open_store()?;
+            let auth = if no_auth {
+                if !addr.ip().is_loopback() {
+                    eprintln!(
+                        "warning: --no-auth on {host}, which is not a loopback address: anyone \
+                         who can reach it has full access"
+                    );
+                }
+                autoglm_server::AuthMode::None
+            } else {
+                if store.keys(None)?.iter().all(|k| k.revoked()) {
+                    eprintln!(
+                        "note: no API keys yet, so every request but /health will be refused; \
+                         create one with `autoglm keys create --tenant NAME --scopes models,tasks`"
+                    );
+                }
+                autoglm_server::AuthMode::Keys
+            };
+            let state = autoglm_server::AppState::new(loaded, &model.model, cfg, store, auth)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -381,6 +411,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Model { command } => model_cmd::run(command),
         Command::Tasks { json } => agent_cmd::tasks(json),
+        Command::Keys { command } => keys_cmd::keys(command),
+        Command::Audit(a) => keys_cmd::audit(a),
         Command::Trace { json, task_id } => agent_cmd::trace(&task_id, json),
         Command::Run { .. } | Command::Resume { .. } => unreachable!("handled in main"),
     }

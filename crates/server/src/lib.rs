@@ -7,10 +7,16 @@
 //! - `POST /v1/chat/completions`, `POST /v1/completions`: OpenAI-compatible, streaming (server-sent
 //!   events) or not, with `usage` including cached prompt tokens.
 //! - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text format).
+//! - `GET /v1/admin/audit`: the audit log (admin scope).
+//!
+//! In front of every route but `/health`, [`auth::guard`] authenticates the API key (unless the
+//! state was built with [`AuthMode::None`]), checks the route's scope and the key's rate limit,
+//! and writes the audit log.
 //!
 //! Every bad request gets a 4xx in OpenAI's error shape naming the problem; overload gets a 429
 //! with `Retry-After` at once; bodies are capped.
 
+mod admin;
 mod answer;
 pub mod auth;
 mod error;
@@ -28,6 +34,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
+pub use auth::AuthMode;
 pub use error::ApiError;
 
 /// Request bodies larger than this are refused (413) before parsing.
@@ -44,6 +51,8 @@ pub struct AppState {
     pub(crate) started: u64,
     /// Tasks, journals, memory, keys and the audit log.
     pub(crate) store: Arc<Store>,
+    /// API keys (or none), their cache and rate limits.
+    pub(crate) auth: Arc<auth::Auth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +73,14 @@ pub enum ServerError {
 
 impl AppState {
     /// Starts the serving engine on `model` and prepares the chat template (the file's, or a
-    /// built-in one for models without). `store` holds the durable state.
+    /// built-in one for models without). `store` holds the durable state, including the API
+    /// keys that `auth` says whether to ask for.
     pub fn new(
         model: Model,
         model_name: &str,
         cfg: ServeConfig,
         store: Arc<Store>,
+        auth: AuthMode,
     ) -> Result<Arc<AppState>, ServerError> {
         let engine = EngineHandle::start(model, cfg)?;
         engine.prepare_constraints();
@@ -86,6 +97,7 @@ impl AppState {
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            auth: Arc::new(auth::Auth::new(auth, store.clone())),
             store,
         }))
     }
@@ -97,20 +109,27 @@ impl AppState {
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
+
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth.mode()
+    }
 }
 
 /// The router, ready for `oneshot` in tests or a listener.
 pub fn app(state: Arc<AppState>) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.auth.clone(), auth::guard);
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/models", get(routes::models))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
+        .route("/v1/admin/audit", get(admin::audit))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        // Until API keys exist every request acts for the single local user.
-        .layer(axum::Extension(auth::Principal::local()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Last, so it wraps every route above and the fallback: a route added after this line
+        // would bypass authentication.
+        .layer(guard)
         .with_state(state)
 }
 
@@ -124,7 +143,9 @@ pub async fn serve(
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
     on_ready(listener.local_addr()?);
-    axum::serve(listener, app(state))
+    // The peer address goes into the audit log.
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

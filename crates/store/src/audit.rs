@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::{Result, Store, now_ms};
 
 /// What to record. `detail` is free-form JSON (never a secret).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct AuditEntry {
     /// `None` when the caller could not be identified (a refused key).
     pub tenant: Option<String>,
@@ -24,11 +24,12 @@ pub struct AuditEntry {
     pub detail: Value,
 }
 
-/// A recorded entry.
-#[derive(Debug, Clone, PartialEq)]
+/// A recorded entry; serialised flat (`id`, `at_ms`, then the entry's fields).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AuditRow {
     pub id: i64,
     pub at_ms: i64,
+    #[serde(flatten)]
     pub entry: AuditEntry,
 }
 
