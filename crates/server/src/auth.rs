@@ -15,7 +15,8 @@
 //! 3. The route's scope ([`required_scope`]: by path prefix, unlisted paths need `admin`) or 403.
 //! 4. The key's requests-per-minute bucket, or 429 with `Retry-After`.
 //! 5. The handler runs; afterwards every mutating request (POST, PUT, PATCH, DELETE) and every
-//!    refusal at steps 2–3 is written to the audit log.
+//!    refusal at steps 2–3 is written to the audit log (refused keys at most
+//!    [`REFUSAL_ROWS_PER_MINUTE`], the rest counted).
 //!
 //! Looked-up keys are cached for [`KEY_CACHE_TTL`], so a revocation (which may come from
 //! another process: `autoglm keys revoke`) takes effect within that time. The cache holds the
@@ -43,6 +44,11 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Every refused key gets this one message, whatever was wrong with it.
 pub const UNAUTHORIZED_MESSAGE: &str = "invalid or missing API key";
+
+/// Refused requests write at most this many audit rows a minute (a bucket of this size), so
+/// a flood of bad keys cannot fill the disk; the rows skipped are counted in the next one
+/// written (`detail.suppressed_before`).
+pub const REFUSAL_ROWS_PER_MINUTE: u32 = 600;
 
 /// Past this many cached lookups (most of them unknown ids, i.e. someone guessing) the cache
 /// is emptied rather than allowed to grow.
@@ -288,6 +294,8 @@ pub struct Auth {
     store: Arc<Store>,
     cache: Mutex<HashMap<String, CachedKey>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// The budget of audit rows for refused keys, and how many were skipped since the last.
+    refusal_rows: Mutex<(Bucket, u64)>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -334,6 +342,21 @@ impl Auth {
             store,
             cache: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
+            refusal_rows: Mutex::new((Bucket::full(REFUSAL_ROWS_PER_MINUTE, Instant::now()), 0)),
+        }
+    }
+
+    /// Whether a refused request may write its audit row now; `Some(n)`: yes, and `n` rows
+    /// were skipped before it.
+    fn admit_refusal_row(&self) -> Option<u64> {
+        let mut g = lock(&self.refusal_rows);
+        let (bucket, skipped) = &mut *g;
+        match bucket.take(REFUSAL_ROWS_PER_MINUTE, Instant::now()) {
+            Ok(()) => Some(std::mem::take(skipped)),
+            Err(_) => {
+                *skipped += 1;
+                None
+            }
         }
     }
 
@@ -495,10 +518,16 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
                 } else {
                     (401, unauthorized())
                 };
+                let Some(skipped) = auth.admit_refusal_row() else {
+                    return resp;
+                };
                 detail["reason"] = why.reason().into();
                 if let Some(id) = claimed {
                     // Only a well-formed id (16 hex digits) ever gets here: safe to record.
                     detail["presented_key_id"] = id.into();
+                }
+                if skipped > 0 {
+                    detail["suppressed_before"] = skipped.into();
                 }
                 auth.record(AuditEntry {
                     tenant: None,
@@ -710,6 +739,62 @@ mod tests {
                 (Some("default"), "POST /v1/tasks", Some(200)),
             ]
         );
+    }
+
+    /// A flood of bad keys writes a bounded number of audit rows, and the next row written
+    /// says how many were skipped.
+    #[tokio::test]
+    async fn refusals_cannot_flood_the_audit_log() {
+        use axum::Router;
+        use axum::body::Body;
+        use axum::routing::get;
+        use tower::ServiceExt;
+
+        let store = Arc::new(Store::in_memory().unwrap());
+        let auth = Arc::new(Auth::new(AuthMode::Keys, store.clone()));
+        let app = Router::new()
+            .route("/v1/models", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(auth, guard));
+        let n = REFUSAL_ROWS_PER_MINUTE as usize + 100;
+        for _ in 0..n {
+            let req = Request::builder()
+                .uri("/v1/models")
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 401);
+        }
+        let count = |store: &Store| {
+            store
+                .audit(&autoglm_store::AuditFilter {
+                    limit: 100_000,
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        let rows = count(&store);
+        assert!(
+            rows.len() >= REFUSAL_ROWS_PER_MINUTE as usize,
+            "{}",
+            rows.len()
+        );
+        assert!(rows.len() < n, "{} rows for {n} refusals", rows.len());
+        // A token comes back every 100 ms.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let req = Request::builder()
+            .uri("/v1/models")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.oneshot(req).await.unwrap().status(), 401);
+        let last = &count(&store)[0];
+        let skipped = last.entry.detail["suppressed_before"].as_u64().unwrap_or(0);
+        assert!(skipped > 0, "{:?}", last.entry.detail);
+        // Every refusal is either a row or counted in one.
+        let rows = count(&store);
+        let counted: u64 = rows
+            .iter()
+            .filter_map(|r| r.entry.detail["suppressed_before"].as_u64())
+            .sum();
+        assert_eq!(rows.len() as u64 + counted, n as u64 + 1);
     }
 
     #[test]
