@@ -11,10 +11,12 @@ overload  OVERLOAD simultaneous requests (16 tokens each): each must end as a fu
         or a fast refusal (429 with Retry-After); none may hang or fail otherwise. With --pid,
         the server's resident memory before, at the peak, and after.
 
-Prints one JSON line per check and exits non-zero if a check fails.
+Prints one JSON line per check and exits non-zero if a check fails. Sends $AUTOGLM_API_KEY as a
+bearer token when set (a server started without --no-auth needs a key with the models scope).
 """
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -27,9 +29,14 @@ WORDS = ("river mountain lantern copper meadow orbit canvas thunder pepper harbo
          "quartz ember saddle glacier marble falcon willow prism cedar anchor velvet comet").split()
 
 
+HEADERS = {"Content-Type": "application/json"}
+if os.environ.get("AUTOGLM_API_KEY"):
+    HEADERS["Authorization"] = "Bearer " + os.environ["AUTOGLM_API_KEY"]
+
+
 def post(base, body, timeout=600):
     req = urllib.request.Request(base.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers=HEADERS)
     t0 = time.time()
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -43,7 +50,7 @@ def ttft(base, messages):
     body = {"messages": messages, "max_tokens": 4, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     req = urllib.request.Request(base.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers=HEADERS)
     t0 = time.time()
     first, usage = None, None
     with urllib.request.urlopen(req, timeout=600) as r:

@@ -2,6 +2,7 @@
 //! hub, and printing what the library crates return. Exit status: 0 success, 1 failure, 2 usage.
 
 mod agent_cmd;
+mod keys_cmd;
 mod model_cmd;
 
 use std::io::{BufRead, Write};
@@ -140,7 +141,18 @@ enum Command {
         /// Submitted tasks allowed to wait for a worker; past it, 429.
         #[arg(long, default_value_t = 64)]
         max_queued_tasks: usize,
+        /// Serve without API keys, every request as the one local user (for a single user on
+        /// loopback; see `autoglm keys`).
+        #[arg(long)]
+        no_auth: bool,
     },
+    /// Manage API keys: create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: keys_cmd::KeysCommand,
+    },
+    /// Show the audit log (who did what, when), newest first.
+    Audit(keys_cmd::AuditArgs),
     /// Manage models: list, pull, rm, info.
     Model {
         #[command(subcommand)]
@@ -355,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
             max_batch,
             task_workers,
             max_queued_tasks,
+            no_auth,
         } => {
             if task_workers == 0 {
                 bail!("--task-workers must be at least 1");
@@ -378,6 +391,24 @@ fn run(cli: Cli) -> Result<()> {
             let addr: std::net::SocketAddr = format!("{host}:{port}")
                 .parse()
                 .with_context(|| format!("invalid address {host}:{port}"))?;
+            let store = agent_cmd::open_store()?;
+            let auth = if no_auth {
+                if !addr.ip().is_loopback() {
+                    eprintln!(
+                        "warning: --no-auth on {host}, which is not a loopback address: anyone \
+                         who can reach it has full access"
+                    );
+                }
+                autoglm_server::AuthMode::None
+            } else {
+                if store.keys(None)?.iter().all(|k| k.revoked()) {
+                    eprintln!(
+                        "note: no API keys yet, so every request but /health will be refused; \
+                         create one with `autoglm keys create --tenant NAME --scopes models,tasks`"
+                    );
+                }
+                autoglm_server::AuthMode::Keys
+            };
             let engine = autoglm_engine::EngineHandle::start(loaded, cfg)?;
             engine.prepare_constraints();
             let tasks = autoglm_server::TasksConfig {
@@ -389,12 +420,8 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 ..Default::default()
             };
-            let state = autoglm_server::AppState::with_engine(
-                engine,
-                &model.model,
-                agent_cmd::open_store()?,
-                tasks,
-            );
+            let state =
+                autoglm_server::AppState::with_engine(engine, &model.model, store, auth, tasks);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -407,6 +434,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Model { command } => model_cmd::run(command),
         Command::Tasks { json } => agent_cmd::tasks(json),
+        Command::Keys { command } => keys_cmd::keys(command),
+        Command::Audit(a) => keys_cmd::audit(a),
         Command::Trace { json, task_id } => agent_cmd::trace(&task_id, json),
         Command::Run { .. } | Command::Resume { .. } => unreachable!("handled in main"),
     }

@@ -296,7 +296,7 @@ fn serve_works_with_the_official_openai_client() {
     ensure("smollm2-135m");
     let home = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_autoglm"))
-        .args(["serve", "--port", "0", "--threads", "2"])
+        .args(["serve", "--port", "0", "--threads", "2", "--no-auth"])
         .env("AUTOGLM_HOME", home.path())
         .stderr(Stdio::piped())
         .spawn()
@@ -432,6 +432,190 @@ struct Server {
     _home: Option<tempfile::TempDir>,
 }
 
+/// `GET` or `POST` over plain HTTP/1.1 on loopback (no client crate needed): the status code.
+fn http_status(url: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let hostport = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&hostport).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {out:?}"))
+}
+
+/// Keys end to end: `keys create` prints a key that works against `autoglm serve` (which,
+/// without --no-auth, refuses requests without one), `keys revoke` makes it stop working
+/// within seconds, and `audit` shows what happened.
+#[test]
+fn api_keys_from_the_command_line_guard_the_server() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
+    let o = autoglm_in(
+        home.path(),
+        &[
+            "keys", "create", "--tenant", "acme", "--scopes", "models", "--name", "e2e",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key = stdout(&o).trim().to_string();
+    assert!(
+        key.starts_with("agk_") && !key.contains(char::is_whitespace),
+        "{key}"
+    );
+    assert!(
+        stderr(&o).contains("will not be shown again"),
+        "{}",
+        stderr(&o)
+    );
+    let bad = autoglm_in(
+        home.path(),
+        &["keys", "create", "--tenant", "acme", "--scopes", "root"],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("unknown scope"), "{}", stderr(&bad));
+
+    let list = autoglm_in(home.path(), &["keys", "list", "--json"]);
+    let list: Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["tenant"], "acme");
+    assert!(
+        !list.to_string().contains(&key[key.len() - 64..]),
+        "a secret in the list"
+    );
+    assert!(key.contains(&id));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
+        .args(["serve", "--port", "0", "--threads", "2"])
+        .env("AUTOGLM_HOME", home.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let err = child.stderr.take().unwrap();
+    let url = BufReader::new(err)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_string)
+        })
+        .expect("server prints its address");
+    let server = Server {
+        child,
+        url,
+        _home: None,
+    };
+    let chat = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}"#;
+    assert_eq!(http_status(&server.url, "GET", "/health", None, ""), 200);
+    assert_eq!(http_status(&server.url, "GET", "/v1/models", None, ""), 401);
+    assert_eq!(
+        http_status(&server.url, "GET", "/v1/models", Some(&key), ""),
+        200
+    );
+    assert_eq!(
+        http_status(
+            &server.url,
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            chat
+        ),
+        200
+    );
+    assert_eq!(
+        http_status(&server.url, "GET", "/metrics", Some(&key), ""),
+        403
+    );
+
+    let o = autoglm_in(home.path(), &["keys", "revoke", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t0 = std::time::Instant::now();
+    while http_status(&server.url, "GET", "/v1/models", Some(&key), "") != 401 {
+        assert!(t0.elapsed().as_secs() < 5, "the revoked key still works");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        http_status(
+            &server.url,
+            "POST",
+            "/v1/chat/completions",
+            Some(&key),
+            chat
+        ),
+        401
+    );
+    drop(server);
+
+    let o = autoglm_in(home.path(), &["audit", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let seen: Vec<(String, Option<u64>)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_string(),
+                r["status"].as_u64(),
+            )
+        })
+        .filter(|(a, _)| !a.starts_with("GET /v1/models"))
+        .collect();
+    let want = [
+        ("keys.create".to_string(), None),
+        ("POST /v1/chat/completions".to_string(), Some(200)),
+        ("GET /metrics".to_string(), Some(403)),
+        ("keys.revoke".to_string(), None),
+        ("POST /v1/chat/completions".to_string(), Some(401)),
+    ];
+    assert_eq!(seen, want, "{rows}");
+    let ok_chat = &rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == 200)
+        .unwrap();
+    assert_eq!(
+        (ok_chat["tenant"].as_str(), ok_chat["key_id"].as_str()),
+        (Some("acme"), Some(id.as_str()))
+    );
+    assert!(
+        ok_chat["detail"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(
+        !rows.to_string().contains(&key[key.len() - 64..]),
+        "a secret in the audit log"
+    );
+    // The table form names the same things.
+    let text = stdout(&autoglm_in(home.path(), &["audit", "--tenant", "acme"]));
+    assert!(
+        text.contains("keys.revoke") && text.contains("POST /v1/chat/completions"),
+        "{text}"
+    );
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -445,7 +629,7 @@ fn start_server() -> Server {
     ensure("smollm2-135m");
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
-        .args(["serve", "--port", "0", "--threads", "2"])
+        .args(["serve", "--port", "0", "--threads", "2", "--no-auth"])
         .env("AUTOGLM_HOME", home.path())
         .stderr(Stdio::piped())
         .spawn()

@@ -94,6 +94,7 @@ async fn embedded_and_http_backends_behave_alike() {
             ..Default::default()
         },
         Arc::new(autoglm_store::Store::in_memory().expect("store")),
+        autoglm_server::AuthMode::None,
     )
     .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -11,10 +11,16 @@
 //!   `POST /v1/tasks/{id}/cancel`, `GET /v1/tasks/{id}/events` (server-sent events of the
 //!   journal), `GET /v1/tasks/{id}/trace`, `POST /v1/tasks/{id}/approvals/{n}`; the tasks run
 //!   on the worker pool of `runner.rs` ([`AppState::start_tasks`]).
+//! - `GET /v1/admin/audit`: the audit log (admin scope).
+//!
+//! In front of every route but `/health`, [`auth::guard`] authenticates the API key (unless the
+//! state was built with [`AuthMode::None`]), checks the route's scope and the key's rate limit,
+//! and writes the audit log.
 //!
 //! Every bad request gets a 4xx in OpenAI's error shape naming the problem; overload gets a 429
 //! with `Retry-After` at once; bodies are capped.
 
+mod admin;
 mod answer;
 pub mod auth;
 mod error;
@@ -34,6 +40,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
+pub use auth::AuthMode;
 pub use error::ApiError;
 pub use runner::TasksConfig;
 
@@ -53,6 +60,8 @@ pub struct AppState {
     pub(crate) store: Arc<Store>,
     /// The agent and its worker pool.
     pub(crate) tasks: Arc<runner::Runner>,
+    /// API keys (or none), their cache and rate limits.
+    pub(crate) auth: Arc<auth::Auth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +84,15 @@ pub enum ServerError {
 
 impl AppState {
     /// Starts the serving engine on `model` and prepares the chat template (the file's, or a
-    /// built-in one for models without). `store` holds the durable state; tasks run with the
-    /// default pool ([`TasksConfig::default`]).
+    /// built-in one for models without). `store` holds the durable state, including the API
+    /// keys that `auth` says whether to ask for; tasks run with the default pool
+    /// ([`TasksConfig::default`]).
     pub fn new(
         model: Model,
         model_name: &str,
         cfg: ServeConfig,
         store: Arc<Store>,
+        auth: AuthMode,
     ) -> Result<Arc<AppState>, ServerError> {
         let engine = EngineHandle::start(model, cfg)?;
         engine.prepare_constraints();
@@ -89,6 +100,7 @@ impl AppState {
             engine,
             model_name,
             store,
+            auth,
             TasksConfig::default(),
         ))
     }
@@ -100,6 +112,7 @@ impl AppState {
         engine: EngineHandle,
         model_name: &str,
         store: Arc<Store>,
+        auth: AuthMode,
         tasks: TasksConfig,
     ) -> Arc<AppState> {
         let tokenizer = engine.tokenizer().clone();
@@ -124,6 +137,7 @@ impl AppState {
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            auth: Arc::new(auth::Auth::new(auth, store.clone())),
             store,
             tasks: Arc::new(runner::Runner::new(agent, tasks.workers, tasks.max_queued)),
         })
@@ -143,10 +157,15 @@ impl AppState {
     pub fn start_tasks(self: &Arc<Self>) -> Result<usize, ServerError> {
         Ok(self.tasks.start()?)
     }
+
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth.mode()
+    }
 }
 
 /// The router, ready for `oneshot` in tests or a listener.
 pub fn app(state: Arc<AppState>) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.auth.clone(), auth::guard);
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
@@ -159,18 +178,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/tasks/{id}/trace", get(tasks::trace))
         .route("/v1/tasks/{id}/approvals/{n}", post(tasks::decide))
+        .route("/v1/admin/audit", get(admin::audit))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        // Until API keys exist every request acts for the single local user (unless one is
-        // already there: tests act as other tenants that way; clients cannot set extensions).
-        .layer(axum::middleware::from_fn(
-            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
-                if req.extensions().get::<auth::Principal>().is_none() {
-                    req.extensions_mut().insert(auth::Principal::local());
-                }
-                next.run(req).await
-            },
-        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Last, so it wraps every route above and the fallback: a route added after this line
+        // would bypass authentication.
+        .layer(guard)
         .with_state(state)
 }
 
@@ -188,7 +201,9 @@ pub async fn serve(
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
     on_ready(listener.local_addr()?);
-    axum::serve(listener, app(state))
+    // The peer address goes into the audit log.
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -291,7 +291,21 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     p.require("tasks", |s| s.tasks)?;
     let req: CreateTask = parse(&body)?;
-    let (spec, priority) = validate(&st, req, &p.tenant)?;
+    let (mut spec, priority) = validate(&st, req, &p.tenant)?;
+    if let Some(key) = &p.key_id {
+        spec.meta["key_id"] = json!(key);
+        if let Some(max) = p.max_running_tasks {
+            let open = unfinished_of_key(&st, &p.tenant, key)?;
+            if open >= max {
+                return Err(ApiError::Overloaded {
+                    message: format!(
+                        "this API key has {open} unfinished tasks, its limit; try again when one ends"
+                    ),
+                    retry_after_s: 5,
+                });
+            }
+        }
+    }
     let t = st.tasks.submit(&spec, priority).map_err(|e| match e {
         Refused::Full { retry_after } => ApiError::Overloaded {
             message: format!(
@@ -307,6 +321,23 @@ pub(crate) async fn create(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// Tasks submitted with `key` that have not ended (the key's concurrent-task limit counts them).
+fn unfinished_of_key(st: &AppState, tenant: &str, key: &str) -> Result<usize, ApiError> {
+    let open = st
+        .store
+        .task_page(
+            tenant,
+            &["queued", "running", "waiting_approval"],
+            None,
+            100_000,
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(open
+        .iter()
+        .filter(|t| t.settings["meta"]["key_id"].as_str() == Some(key))
+        .count())
 }
 
 pub(crate) async fn list(

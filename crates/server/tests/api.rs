@@ -27,6 +27,8 @@ fn state() -> Arc<AppState> {
                     ..Default::default()
                 },
                 Arc::new(autoglm_store::Store::in_memory().expect("store")),
+                // Authentication has its own tests (tests/auth.rs); these are about the API.
+                autoglm_server::AuthMode::None,
             )
             .expect("state")
         })

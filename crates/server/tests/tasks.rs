@@ -17,7 +17,7 @@ use autoglm_llm::{
 };
 use autoglm_model::Model;
 use autoglm_server::auth::{Principal, Scopes};
-use autoglm_server::{AppState, TasksConfig, app};
+use autoglm_server::{AppState, AuthMode, TasksConfig, app};
 use autoglm_store::Store;
 use autoglm_tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 use axum::body::Body;
@@ -181,6 +181,7 @@ fn setup_in(
         engine(),
         "smollm2-135m",
         store,
+        AuthMode::None,
         TasksConfig {
             workers,
             max_queued,
@@ -843,6 +844,7 @@ async fn another_tenants_task_looks_unknown() {
     let as_other = |method: &str, uri: &str, body: Option<&str>| {
         let mut r = request(method, uri, body);
         r.extensions_mut().insert(Principal {
+            max_running_tasks: None,
             tenant: "other".into(),
             key_id: Some("k2".into()),
             scopes: Scopes::ALL,
@@ -890,6 +892,7 @@ async fn another_tenants_task_looks_unknown() {
     // A key without the tasks scope is refused.
     let mut r = request("GET", "/v1/tasks", None);
     r.extensions_mut().insert(Principal {
+        max_running_tasks: None,
         tenant: "default".into(),
         key_id: Some("k3".into()),
         scopes: Scopes {

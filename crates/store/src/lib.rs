@@ -7,6 +7,12 @@
 //!   `synchronous=NORMAL`, which survives a process crash (`kill -9`); an OS crash may lose the
 //!   last commits but never corrupts the file.
 //! - **Memory**: facts and task outcomes per tenant, searched with FTS5 and BM25 ranking.
+//! - **API keys** ([`keys`]): who may call the server — only a SHA-256 hash of each secret is
+//!   kept, compared in constant time.
+//! - **Audit log** ([`audit`]): who did what, when, and how it ended.
+//!
+//! The schema carries a version (`PRAGMA user_version`); opening an older database upgrades it
+//! in place, one migration step at a time inside one transaction, and a newer one is refused.
 //!
 //! The agent decides what records mean; this crate stores and returns them faithfully.
 
@@ -16,6 +22,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
+
+pub mod audit;
+pub mod keys;
+
+pub use audit::{AuditEntry, AuditFilter, AuditRow};
+pub use keys::{KeyLimits, KeyRow, NewKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,13 +47,25 @@ pub enum StoreError {
         "the database was written by a newer version (schema {found}, this build knows {known})"
     )]
     NewerSchema { found: i64, known: i64 },
+    #[error("no API key {0}")]
+    NoKey(String),
+    #[error("invalid API key settings: {0}")]
+    InvalidKey(String),
+    #[error("the system's random source failed: {0}")]
+    Random(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+/// `MIGRATIONS[v]` takes a database at schema version `v` to `v + 1`; a new file starts at 0.
+/// Steps are only ever appended: a released step never changes, so every database, however
+/// old, reaches the current schema by the same path.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// Version 1: tasks, journal, memory.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
     id          TEXT PRIMARY KEY,
     tenant      TEXT NOT NULL,
@@ -78,6 +102,36 @@ END;
 CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
     INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
 END;
+";
+
+/// Version 2: API keys (a hash of the secret, never the secret) and the audit log.
+const SCHEMA_V2: &str = "
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    scopes      TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    last_used_ms INTEGER,
+    revoked_ms  INTEGER,
+    rpm         INTEGER,
+    max_tasks   INTEGER
+);
+CREATE INDEX api_keys_by_tenant ON api_keys(tenant, created_ms);
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY,
+    at_ms       INTEGER NOT NULL,
+    tenant      TEXT,
+    key_id      TEXT,
+    action      TEXT NOT NULL,
+    target      TEXT,
+    status      INTEGER,
+    outcome     TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX audit_by_time ON audit(at_ms);
+CREATE INDEX audit_by_tenant ON audit(tenant, at_ms);
 ";
 
 /// Words that match nearly every memory: searching by them recalls noise (and small models
@@ -153,21 +207,13 @@ impl Store {
         Store::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Store> {
+    fn init(mut conn: Connection) -> Result<Store> {
         // Several processes (a server and a CLI) may share the file: wait for locks a while.
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                found,
-                known: SCHEMA_VERSION,
-            });
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -383,6 +429,30 @@ impl Store {
     }
 }
 
+/// Brings the schema to [`SCHEMA_VERSION`]. The version is read and the steps applied inside
+/// one immediate (write-locking) transaction, so two processes opening an old file at once
+/// cannot both migrate it, and a failed step leaves the file as it was.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    debug_assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for step in &MIGRATIONS[found.max(0) as usize..] {
+        tx.execute_batch(step)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRow>> {
     let settings: String = r.get(5)?;
     let row = (|| {
@@ -537,6 +607,65 @@ mod tests {
         // FTS5 operators and quotes in user text are just words.
         assert!(s.search_memory("a", "\"unbalanced AND (", 5).is_ok());
         assert!(s.search_memory("a", "  ", 5).unwrap().is_empty());
+    }
+
+    /// A database written by the version-1 code (its exact schema, taken from git history
+    /// rather than from `MIGRATIONS`, so editing a released step cannot hide here) opens in
+    /// place: its data stays, the new tables work, the version is current.
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place() {
+        const V1_AS_RELEASED: &str = "
+CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, goal TEXT NOT NULL,
+    status TEXT NOT NULL, answer TEXT, settings TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks(tenant, created_ms);
+CREATE TABLE IF NOT EXISTS journal (task_id TEXT NOT NULL REFERENCES tasks(id), seq INTEGER NOT NULL,
+    kind TEXT NOT NULL, payload TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (task_id, seq));
+CREATE TABLE IF NOT EXISTS memories (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+    text TEXT NOT NULL, task_id TEXT, created_ms INTEGER NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS memories_fts USING fts5(
+    text, content='memories', content_rowid='id', tokenize='porter unicode61');
+CREATE TRIGGER IF NOT EXISTS memories_ai AFTER INSERT ON memories BEGIN
+    INSERT INTO memories_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS memories_ad AFTER DELETE ON memories BEGIN
+    INSERT INTO memories_fts(memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+PRAGMA user_version = 1;
+INSERT INTO tasks VALUES ('old', 'default', 'from v1', 'succeeded', '42', '{}', 1, 2);
+INSERT INTO journal VALUES ('old', 1, 'final', '{\"answer\": \"42\"}', 3);
+INSERT INTO memories (tenant, kind, text, created_ms) VALUES ('default', 'fact', 'llamas hum', 4);
+";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(V1_AS_RELEASED)
+            .unwrap();
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.task("old").unwrap().answer.as_deref(), Some("42"));
+        assert_eq!(s.records("old").unwrap()[0].payload["answer"], "42");
+        assert_eq!(s.search_memory("default", "llamas", 5).unwrap().len(), 1);
+        let k = s
+            .create_key("default", "", &["tasks"], KeyLimits::default())
+            .unwrap();
+        s.append_audit(&AuditEntry {
+            action: "keys.create".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        drop(s);
+        // Reopening a current database changes nothing and loses nothing.
+        let s = Store::open(&path).unwrap();
+        assert!(s.key(&k.row.id).unwrap().is_some());
+        assert_eq!(s.audit(&AuditFilter::default()).unwrap().len(), 1);
+        let version: i64 = s
+            .db()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(version, 2);
     }
 
     #[test]
