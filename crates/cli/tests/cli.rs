@@ -857,6 +857,7 @@ fn serve_in(home: &std::path::Path) -> (std::process::Child, String) {
             "2",
             "--task-workers",
             "2",
+            "--no-auth",
         ])
         .env("AUTOGLM_HOME", home)
         .stderr(std::process::Stdio::piped())
