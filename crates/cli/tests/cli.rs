@@ -432,30 +432,10 @@ struct Server {
     _home: Option<tempfile::TempDir>,
 }
 
-/// `GET` or `POST` over plain HTTP/1.1 on loopback (no client crate needed): the status code.
+/// The status code of a request to `url` (`http://host:port/...`), with `key` as a bearer token.
 fn http_status(url: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let hostport = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let mut s = std::net::TcpStream::connect(&hostport).unwrap();
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {out:?}"))
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap();
+    http_as(addr, method, path, key, Some(body)).0
 }
 
 /// Keys end to end: `keys create` prints a key that works against `autoglm serve` (which,
@@ -802,14 +782,25 @@ fn mcp_config_and_allowed_hosts_are_checked_before_any_model_loads() {
 
 /// A minimal HTTP/1.1 exchange over loopback (the tests have no HTTP client): status and body.
 fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_as(addr, method, path, None, body)
+}
+
+fn http_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("server reachable");
     s.set_read_timeout(Some(std::time::Duration::from_secs(600)))
         .unwrap();
     let body = body.unwrap_or("");
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
