@@ -7,13 +7,7 @@ use std::sync::Arc;
 use autoglm_store::Store;
 use serde_json::{Value, json};
 
-use crate::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, confine};
-
-fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> {
-    args.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ToolError::InvalidArguments(format!("\"{key}\" (a string) is required")))
-}
+use crate::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, confine, str_arg};
 
 pub struct Sql;
 

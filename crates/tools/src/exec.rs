@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::sandbox::{Prepared, SandboxConfig};
-use crate::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput};
+use crate::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, str_arg};
 
 const MAX_COMMAND: u64 = 4000;
 const MAX_CODE: u64 = 20_000;
@@ -34,12 +34,6 @@ pub struct Shell(pub SandboxConfig);
 /// (isolated: no user site, no PYTHON* variables), so tracebacks show the failing line.
 #[derive(Debug, Clone, Default)]
 pub struct Python(pub SandboxConfig);
-
-fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> {
-    args.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ToolError::InvalidArguments(format!("\"{key}\" (a string) is required")))
-}
 
 impl Tool for Shell {
     fn name(&self) -> &str {

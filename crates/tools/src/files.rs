@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput};
+use crate::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput, str_arg};
 
 /// Largest file `read_file` returns whole; longer files come back as head and tail.
 const READ_LIMIT: usize = 64 * 1024;
@@ -70,12 +70,6 @@ pub fn confine(workspace: &Path, path: &str) -> Result<PathBuf, ToolError> {
         out.push(name);
     }
     Ok(out)
-}
-
-fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> {
-    args.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ToolError::InvalidArguments(format!("\"{key}\" (a string) is required")))
 }
 
 /// Head and tail of a long text with a marker saying how much was left out.

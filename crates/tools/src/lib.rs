@@ -69,6 +69,14 @@ impl ToolOutput {
     }
 }
 
+/// A required string argument (the registry's shape check ran first, so this only guards
+/// direct callers).
+pub(crate) fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> {
+    args.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolError::InvalidArguments(format!("\"{key}\" (a string) is required")))
+}
+
 /// Cancellation shared by a task and everything it runs.
 #[derive(Debug, Clone, Default)]
 pub struct Cancel(Arc<AtomicBool>);
