@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -29,7 +29,7 @@ pub(crate) async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     // The guard already demanded admin for /v1/admin; checked again where the data is served.
-    principal.require("admin", |s| s.admin)?;
+    principal.require(Scope::Admin)?;
     let filter = AuditFilter {
         tenant: q.tenant,
         since_ms: q.since_ms,

@@ -213,21 +213,8 @@ impl Principal {
         }
     }
 
-    /// Refuses with 403 unless the principal holds the scope `need` picks.
-    pub fn require(&self, name: &str, need: fn(&Scopes) -> bool) -> Result<(), ApiError> {
-        if need(&self.scopes) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this API key lacks the \"{name}\" scope"
-            )))
-        }
-    }
-}
-
-impl Principal {
-    /// [`Principal::require`] for a [`Scope`] value.
-    pub fn require_scope(&self, scope: Scope) -> Result<(), ApiError> {
+    /// Refuses with 403 unless the principal holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if scope.held(&self.scopes) {
             Ok(())
         } else {
@@ -560,7 +547,7 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) 
         outcome: outcome(status).into(),
         detail,
     };
-    if let Err(e) = principal.require_scope(scope) {
+    if let Err(e) = principal.require(scope) {
         detail["reason"] = format!("lacks scope {}", scope.name()).into();
         auth.record(entry(403, detail)).await;
         return e.into_response();

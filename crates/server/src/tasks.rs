@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::runner::{Refused, TaskPriority};
 
@@ -289,7 +289,7 @@ pub(crate) async fn create(
     p: Principal,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    p.require("tasks", |s| s.tasks)?;
+    p.require(Scope::Tasks)?;
     let req: CreateTask = parse(&body)?;
     let (mut spec, priority) = validate(&st, req, &p.tenant)?;
     if let Some(key) = &p.key_id {
@@ -345,7 +345,7 @@ pub(crate) async fn list(
     p: Principal,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    p.require("tasks", |s| s.tasks)?;
+    p.require(Scope::Tasks)?;
     let q: ListQuery = query(&uri)?;
     let statuses: Vec<&str> = match &q.status {
         None => Vec::new(),
@@ -405,7 +405,7 @@ pub(crate) async fn get(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    p.require("tasks", |s| s.tasks)?;
+    p.require(Scope::Tasks)?;
     let t = owned(&st, &p, &id)?;
     Ok(axum::Json(task_json(&st, &t)?).into_response())
 }
@@ -415,7 +415,7 @@ pub(crate) async fn cancel(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    p.require("tasks", |s| s.tasks)?;
+    p.require(Scope::Tasks)?;
     owned(&st, &p, &id)?;
     st.tasks.cancel(&id).map_err(agent_error)?;
     // A running task stops at its next step, which is usually quick: answer with the ended
@@ -435,7 +435,7 @@ pub(crate) async fn trace(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    p.require("tasks", |s| s.tasks)?;
+    p.require(Scope::Tasks)?;
     owned(&st, &p, &id)?;
     let v = autoglm_agent::trace(&st.store, &id).map_err(agent_error)?;
     Ok(axum::Json(v).into_response())
@@ -447,7 +447,7 @@ pub(crate) async fn decide(
     Path((id, n)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    p.require("tasks", |s| s.tasks)?;
+    p.require(Scope::Tasks)?;
     owned(&st, &p, &id)?;
     let n: u64 = n.parse().map_err(|_| {
         ApiError::bad(format!(
@@ -493,7 +493,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    p.require("tasks", |s| s.tasks)?;
+    p.require(Scope::Tasks)?;
     owned(&st, &p, &id)?;
     let q: EventsQuery = query(&uri)?;
     // A reconnecting EventSource sends the last id it saw; it wins over the query.
