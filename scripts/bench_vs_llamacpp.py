@@ -52,7 +52,8 @@ def llama_batched(path, threads, batch):
 def ours(model, threads, batch=0):
     args = [AUTOGLM, "bench", "-m", model, "-t", str(threads), "--json"]
     if batch:
-        args += ["-p", "0", "--batch", str(batch), "-r", "3"]
+        # after a 128-token prompt per sequence, as the anchor's llama-batched-bench -npp 128
+        args += ["-p", "0", "--batch", str(batch), "--batch-prompt", "128", "-r", "3"]
     return json.loads(run(args).strip().splitlines()[-1])
 
 

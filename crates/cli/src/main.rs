@@ -107,6 +107,9 @@ enum Command {
         /// Also measure B sequences decoding together (aggregate tokens/s).
         #[arg(long, default_value_t = 0)]
         batch: usize,
+        /// Prompt tokens each batched sequence holds before its timed decode (as llama-batched-bench's -npp).
+        #[arg(long, default_value_t = 128)]
+        batch_prompt: usize,
         /// Repetitions (the median is reported).
         #[arg(short = 'r', long, default_value_t = 5)]
         reps: usize,
@@ -315,14 +318,17 @@ fn run(cli: Cli) -> Result<()> {
             pp,
             tg,
             batch,
+            batch_prompt,
             reps,
             json,
         } => {
-            let mut engine = load_engine_with(&model, batch.max(1) * (pp.max(tg) + 16))?;
+            let per_seq = pp.max(tg).max(batch_prompt + tg) + 16;
+            let mut engine = load_engine_with(&model, batch.max(1) * per_seq)?;
             let cfg = BenchConfig {
                 pp_tokens: pp,
                 tg_tokens: tg,
                 batch,
+                batch_prompt,
                 repetitions: reps,
             };
             let r = engine.bench(&cfg, &mut |line| eprintln!("{line}"))?;

@@ -1,6 +1,10 @@
 //! Throughput measurement in llama-bench's terms: pp (prompt processing: one forward pass over N
 //! prompt tokens), tg (generation: N single-token steps) and, beyond llama-bench, aggregate
 //! generation speed of B sequences decoding together. Medians over repetitions, after a warm-up.
+//!
+//! The batched figure decodes after a prompt of `batch_prompt` tokens per sequence (prefilled
+//! once, untimed), as llama-batched-bench's S_TG does with `-npp`, so the two compare the same
+//! attention lengths.
 
 use std::time::Instant;
 
@@ -14,6 +18,8 @@ pub struct BenchConfig {
     pub tg_tokens: usize,
     /// Sequences decoding together for the batched figure (0 or 1: skip it).
     pub batch: usize,
+    /// Prompt tokens each batched sequence holds before its timed decode steps.
+    pub batch_prompt: usize,
     pub repetitions: usize,
 }
 
@@ -23,6 +29,7 @@ impl Default for BenchConfig {
             pp_tokens: 512,
             tg_tokens: 128,
             batch: 0,
+            batch_prompt: 128,
             repetitions: 5,
         }
     }
@@ -63,7 +70,11 @@ impl Engine {
         let ctx = self.model.config().context_length;
         let vocab = self.model.config().vocab_size as u64;
         let batch = cfg.batch.max(1);
-        let need = cfg.pp_tokens.max(cfg.tg_tokens + 1);
+        let batch_prompt = if cfg.batch > 1 { cfg.batch_prompt } else { 0 };
+        let need = cfg
+            .pp_tokens
+            .max(cfg.tg_tokens + 1)
+            .max(batch_prompt + cfg.tg_tokens);
         if need > ctx {
             return Err(EngineError::PromptTooLong {
                 prompt: need,
@@ -109,7 +120,7 @@ impl Engine {
             if cfg.tg_tokens > 0 {
                 let steps: Vec<Vec<u32>> = (0..cfg.tg_tokens).map(|_| random_tokens(1)).collect();
                 r.tg_samples = rates(reps, cfg.tg_tokens, || {
-                    self.decode_steps(&tables[..1], &steps)
+                    self.decode_steps(&tables[..1], 0, &steps)
                 })?;
                 r.tg_tok_s = median(&r.tg_samples);
                 progress(&format!(
@@ -119,10 +130,26 @@ impl Engine {
                 ));
             }
             if cfg.batch > 1 && cfg.tg_tokens > 0 {
+                if batch_prompt > 0 {
+                    let prompts: Vec<Vec<u32>> =
+                        (0..batch).map(|_| random_tokens(batch_prompt)).collect();
+                    let inputs: Vec<SeqInput> = prompts
+                        .iter()
+                        .zip(&tables)
+                        .map(|(toks, table)| SeqInput {
+                            tokens: toks,
+                            start_pos: 0,
+                            block_table: table,
+                            logits: LogitsWanted::Last,
+                        })
+                        .collect();
+                    self.model
+                        .forward(&self.pool, &mut self.scratch, &mut self.kv, &inputs)?;
+                }
                 let steps: Vec<Vec<u32>> =
                     (0..cfg.tg_tokens).map(|_| random_tokens(batch)).collect();
                 r.batch_samples = rates(reps, batch * cfg.tg_tokens, || {
-                    self.decode_steps(&tables, &steps)
+                    self.decode_steps(&tables, batch_prompt, &steps)
                 })?;
                 r.batch_tg_tok_s = median(&r.batch_samples);
                 progress(&format!(
@@ -141,14 +168,20 @@ impl Engine {
 
     /// One forward step per row of `steps`, each row holding one new token per sequence, the
     /// sequences' positions advancing together from 0.
-    fn decode_steps(&mut self, tables: &[Vec<u32>], steps: &[Vec<u32>]) -> Result<(), EngineError> {
+    /// One forward step per row of `steps` (a token for each sequence), from position `start`.
+    fn decode_steps(
+        &mut self,
+        tables: &[Vec<u32>],
+        start: usize,
+        steps: &[Vec<u32>],
+    ) -> Result<(), EngineError> {
         for (pos, row) in steps.iter().enumerate() {
             let inputs: Vec<SeqInput> = row
                 .iter()
                 .zip(tables)
                 .map(|(tok, table)| SeqInput {
                     tokens: std::slice::from_ref(tok),
-                    start_pos: pos,
+                    start_pos: start + pos,
                     block_table: table,
                     logits: LogitsWanted::Last,
                 })

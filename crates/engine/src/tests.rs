@@ -256,6 +256,7 @@ fn bench_reports_positive_figures() {
                 pp_tokens: 16,
                 tg_tokens: 4,
                 batch: 2,
+                batch_prompt: 8,
                 repetitions: 1,
             },
             &mut |_| {},

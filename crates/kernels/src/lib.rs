@@ -9,6 +9,8 @@
 //!   AVX-512 VNNI and AMX kernels, several times faster where the CPU has them
 //!   ([`PackedMatrix::pays_off`]); [`matmul_many`] multiplies one activation batch by several
 //!   matrices (plain or packed, [`MatRef`]) with one quantisation and one pool run.
+//! - [`attn`]: attention's score and weighted-sum products over cached K/V rows in their
+//!   storage format (f16 or 8-bit blocks).
 //! - [`ops`]: norms, activations, softmax and BLAS-1 helpers for the forward pass.
 //! - [`ThreadPool`]: persistent fork-join workers that `matmul` splits rows across.
 //! - [`quantize`]: reference quantisers, so tests anywhere can build valid tensors.
@@ -47,6 +49,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+pub mod attn;
 mod cpu;
 pub mod dtype;
 mod error;

@@ -11,6 +11,20 @@ use crate::dtype::{QK, QK_K};
 use crate::f16::{f16_to_f32, f32_to_bf16, f32_to_f16};
 use crate::{DType, KernelError};
 
+/// `n` deterministic pseudo-random values in [-1, 1) (xorshift), the test data of kernels that
+/// take f32 or f16 input.
+pub fn test_values(seed: u64, n: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 /// Quantises a row of `x.len()` values (a multiple of the type's block length) to `dtype`.
 pub fn quantize_row(dtype: DType, x: &[f32]) -> Result<Vec<u8>, KernelError> {
     let bytes = dtype.row_bytes(x.len()).ok_or_else(|| {

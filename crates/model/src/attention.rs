@@ -1,10 +1,10 @@
 //! Causal attention over the paged KV cache, for a whole batch at once.
 //!
 //! Work is cut into *units*: one sequence, one KV head group (or a single head of it), and a tile
-//! of up to [`TILE`] consecutive new tokens. Within a unit every cached K and V row is read from
-//! its block and widened to f32 once, then used by all the unit's query rows (tile tokens × heads
-//! sharing that KV head), so a prompt's attention costs matrix-like work rather than one pass over
-//! the cache per query. Units are dealt to the pool's threads round-robin, which balances the
+//! of up to [`TILE`] consecutive new tokens. Within a unit the kernels of `autoglm_kernels::attn`
+//! read each cached K and V row once, in its storage format where it lies in its block, for all
+//! the unit's query rows (tile tokens × heads sharing that KV head), so a prompt's attention
+//! costs matrix-like work rather than one pass over the cache per query. Units are dealt to the pool's threads round-robin, which balances the
 //! causal triangle; when there are too few (one decoding sequence of a model with one KV head),
 //! units split the group into single heads so both threads work.
 //!
@@ -13,11 +13,11 @@
 use std::sync::Mutex;
 
 use autoglm_kernels::f16::{f16_to_f32, f32_to_f16};
-use autoglm_kernels::{ThreadPool, ops};
+use autoglm_kernels::{ThreadPool, attn, ops};
 
 use crate::{KvCache, SeqInput};
 
-/// New tokens per unit: enough query rows to amortise widening each K/V row, few enough that
+/// New tokens per unit: enough query rows to amortise reading each K/V row, few enough that
 /// a unit's scores stay in cache.
 const TILE: usize = 16;
 
@@ -46,7 +46,8 @@ pub(crate) struct Unit {
 #[derive(Default)]
 pub(crate) struct Scratch {
     q: Vec<f32>,
-    k: Vec<f32>,
+    /// Cache element offset of each position's K/V row for the unit's KV head.
+    offs: Vec<usize>,
     scores: Vec<f32>,
     out: Vec<f32>,
     /// Where each finished output row goes in the attention output.
@@ -160,54 +161,24 @@ fn unit(
     let p_lo = lo(tok_pos[u.t0].0);
     let p_hi = tok_pos[u.t1 - 1].0;
     let npos = p_hi + 1 - p_lo;
+    s.offs.clear();
+    s.offs
+        .extend((p_lo..=p_hi).map(|p| kv.slot(table, p) + g * hd));
 
-    // Scores, each K row widened once for all rows that see it.
-    s.scores.clear();
-    s.scores.resize(n_rows * npos, f32::NEG_INFINITY);
-    s.k.resize(hd, 0.0);
-    for p in p_lo..=p_hi {
-        let at = kv.slot(table, p) + g * hd;
-        kc.widen(at, &mut s.k);
-        for (i, &(pos, _)) in tok_pos[u.t0..u.t1].iter().enumerate() {
-            if p > pos || p < lo(pos) {
-                continue;
-            }
-            for j in 0..nh {
-                let r = i * nh + j;
-                s.scores[r * npos + (p - p_lo)] = ops::dot(&s.q[r * hd..(r + 1) * hd], &s.k);
-            }
+    // Every row against every position of the unit; a row then keeps only what it sees
+    // (its causal and window range, contiguous), the rest weighing 0.
+    s.scores.resize(n_rows * npos, 0.0);
+    attn::scores(&s.q, n_rows, hd, kc.rows(), &s.offs, &mut s.scores);
+    for (i, &(pos, _)) in tok_pos[u.t0..u.t1].iter().enumerate() {
+        let (a, b) = (lo(pos) - p_lo, pos + 1 - p_lo);
+        for row in s.scores[i * nh * npos..(i + 1) * nh * npos].chunks_exact_mut(npos) {
+            row[..a].fill(0.0);
+            row[b..].fill(0.0);
+            ops::softmax_inplace(&mut row[a..b]);
         }
     }
-    // Softmax per row over what it sees (masked entries are -inf and become 0).
-    for row in s.scores.chunks_exact_mut(npos) {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for x in row.iter_mut() {
-            *x = if *x == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (*x - max).exp()
-            };
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
-    }
-    // Weighted values, each V row widened once.
-    s.out.clear();
     s.out.resize(n_rows * hd, 0.0);
-    for p in p_lo..=p_hi {
-        let at = kv.slot(table, p) + g * hd;
-        vc.widen(at, &mut s.k);
-        for r in 0..n_rows {
-            let w = s.scores[r * npos + (p - p_lo)];
-            if w != 0.0 {
-                ops::axpy(&mut s.out[r * hd..(r + 1) * hd], w, &s.k);
-            }
-        }
-    }
+    attn::weighted_sum(&s.scores, n_rows, hd, vc.rows(), &s.offs, &mut s.out);
     for t in u.t0..u.t1 {
         for h in u.h0..u.h1 {
             s.dest.push(t * qd + h * hd);
@@ -220,19 +191,7 @@ fn unit(
 mod tests {
     use super::*;
     use crate::{KvDtype, KvLayout, LogitsWanted};
-
-    /// Deterministic pseudo-random values in [-1, 1).
-    fn values(seed: u64, n: usize) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use autoglm_kernels::quantize::test_values as values;
 
     /// Straightforward attention for one (token, head) over positions [lo, pos].
     fn naive(

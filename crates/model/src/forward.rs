@@ -84,7 +84,7 @@ impl Model {
                 "KV cache was made for another model".into(),
             ));
         }
-        // Attention widens one head's row at a time, so 8-bit blocks must not straddle heads.
+        // Attention reads one head's row at a time, so 8-bit blocks must not straddle heads.
         if kvl.dtype == crate::KvDtype::Q8 && !hd.is_multiple_of(crate::Q8_BLOCK) {
             return Err(ModelError::BadConfig(format!(
                 "an 8-bit KV cache needs a head size that is a multiple of {}, this model's is {hd}",

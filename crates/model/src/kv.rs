@@ -5,16 +5,17 @@
 //!
 //! K and V are stored as f16 by default (as llama.cpp does), or as 8-bit blocks
 //! ([`KvDtype::Q8`]: llama.cpp's `q8_0` cache type, 32 values sharing one f16 scale) which holds
-//! nearly twice the tokens in the same memory. Attention never reads the raw storage: it asks
-//! for a row widened to f32 ([`Plane::widen`]), so the two formats share one attention kernel.
+//! nearly twice the tokens in the same memory. Attention reads either format in place through
+//! the kernels' [`KvRows`] view.
 
+use autoglm_kernels::attn::KvRows;
 use autoglm_kernels::f16::{f16_to_f32, f32_to_f16};
 use autoglm_kernels::ops;
 
 use crate::ModelError;
 
 /// Values per scale in [`KvDtype::Q8`] storage.
-pub const Q8_BLOCK: usize = 32;
+pub const Q8_BLOCK: usize = autoglm_kernels::attn::Q8_BLOCK;
 
 /// How cached K and V values are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,6 +124,14 @@ impl Plane {
                     d[o / Q8_BLOCK] = f32_to_f16(scale);
                 }
             }
+        }
+    }
+
+    /// The whole plane as the attention kernels read it.
+    pub(crate) fn rows(&self) -> KvRows<'_> {
+        match self {
+            Plane::F16(h) => KvRows::F16(h),
+            Plane::Q8 { q, d } => KvRows::Q8 { q, d },
         }
     }
 
