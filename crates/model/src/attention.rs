@@ -4,13 +4,15 @@
 //! of up to [`TILE`] consecutive new tokens. Within a unit the kernels of `autoglm_kernels::attn`
 //! read each cached K and V row once, in its storage format where it lies in its block, for all
 //! the unit's query rows (tile tokens × heads sharing that KV head), so a prompt's attention
-//! costs matrix-like work rather than one pass over the cache per query. Units are dealt to the pool's threads round-robin, which balances the
-//! causal triangle; when there are too few (one decoding sequence of a model with one KV head),
-//! units split the group into single heads so both threads work.
+//! costs matrix-like work rather than one pass over the cache per query. The pool's threads take
+//! units from a shared counter, which balances the causal triangle and a thread that starts
+//! late; when there are too few (one decoding sequence of a model with one KV head), units split
+//! the group into single heads so both threads work.
 //!
 //! Queries are rounded to f16 first, as llama.cpp converts them before its f16 dot products.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use autoglm_kernels::f16::{f16_to_f32, f32_to_f16};
 use autoglm_kernels::{ThreadPool, attn, ops};
@@ -108,6 +110,9 @@ pub(crate) fn run(
     shape: Shape,
 ) {
     let nt = pool.n_threads();
+    // Units are taken from a shared counter, so a thread that starts late (descheduled on a
+    // shared machine) takes what is left instead of leaving a fixed half to the caller.
+    let next = AtomicUsize::new(0);
     pool.run(&|tid, _| {
         let Some(Ok(mut guard)) = scratch.get(tid).map(|m| m.lock()) else {
             return;
@@ -115,7 +120,7 @@ pub(crate) fn run(
         let s = &mut *guard;
         s.rows.clear();
         s.dest.clear();
-        for u in units.iter().skip(tid).step_by(nt) {
+        while let Some(u) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
             unit(kv, layer, batch, tok_pos, q, u, shape, s);
         }
     });
