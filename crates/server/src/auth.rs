@@ -6,7 +6,7 @@
 //!
 //! [`guard`], in order:
 //!
-//! 1. `/health` passes untouched; everything else needs a principal.
+//! 1. `/health` and `/openapi.json` pass untouched; everything else needs a principal.
 //! 2. [`AuthMode::None`] (`autoglm serve --no-auth`, one user on loopback): every request is
 //!    [`Principal::local`]. [`AuthMode::Keys`]: the key from `Authorization: Bearer <key>` or
 //!    `x-api-key: <key>` is looked up by its id and its secret checked against the stored hash
@@ -57,7 +57,7 @@ const KEY_CACHE_MAX: usize = 4096;
 /// Whether the server asks for keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
-    /// Every route but `/health` needs an API key from the store.
+    /// Every route but the open ones (`/health`, `/openapi.json`) needs an API key from the store.
     Keys,
     /// No keys: every request is [`Principal::local`]. For one user on loopback only.
     None,
@@ -162,7 +162,7 @@ const ROUTE_SCOPES: &[(&str, Scope)] = &[
 ];
 
 /// Paths served to anyone, matched exactly.
-const OPEN_PATHS: &[&str] = &["/health"];
+const OPEN_PATHS: &[&str] = &["/health", "/openapi.json"];
 
 /// The scope a request path needs; `None` for the open paths.
 pub fn required_scope(path: &str) -> Option<Scope> {
@@ -582,6 +582,8 @@ mod tests {
     fn paths_map_to_scopes_by_whole_segments() {
         let cases = [
             ("/health", None),
+            ("/openapi.json", None),
+            ("/openapi.json/x", Some(Scope::Admin)),
             ("/health/x", Some(Scope::Admin)),
             ("/v1/models", Some(Scope::Models)),
             ("/v1/models/smollm2-135m", Some(Scope::Models)),

@@ -11,9 +11,13 @@
 //!   `POST /v1/tasks/{id}/cancel`, `GET /v1/tasks/{id}/events` (server-sent events of the
 //!   journal), `GET /v1/tasks/{id}/trace`, `POST /v1/tasks/{id}/approvals/{n}`; the tasks run
 //!   on the worker pool of `runner.rs` ([`AppState::start_tasks`]).
+//! - `GET /v1/memories`, `POST /v1/memories`, `DELETE /v1/memories/{id}` (`memories.rs`): the
+//!   tenant's long-term memory.
 //! - `GET /v1/admin/audit`: the audit log (admin scope).
+//! - `GET /openapi.json` (`openapi.rs`): the OpenAPI document of all of these, generated from
+//!   the handlers' declarations, through which every route is registered ([`router`]).
 //!
-//! In front of every route but `/health`, [`auth::guard`] authenticates the API key (unless the
+//! In front of every route but `/health` and `/openapi.json`, [`auth::guard`] authenticates the API key (unless the
 //! state was built with [`AuthMode::None`]), checks the route's scope and the key's rate limit,
 //! and writes the audit log.
 //!
@@ -24,8 +28,11 @@ mod admin;
 mod answer;
 pub mod auth;
 mod error;
+mod memories;
+pub mod openapi;
 mod routes;
 mod runner;
+mod schemas;
 mod tasks;
 mod wire;
 
@@ -38,7 +45,8 @@ use autoglm_store::Store;
 use autoglm_tokenizer::{ChatTemplate, Tokenizer};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::AuthMode;
 pub use error::ApiError;
@@ -163,24 +171,37 @@ impl AppState {
     }
 }
 
+/// Every route, each registered from its handler's `#[utoipa::path]` (its method and path) so
+/// that it is in the OpenAPI document ([`openapi::document`]). Register routes only here and
+/// only with `routes!`: `tests/openapi.rs` fails on any other registration.
+fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(routes::chat_completions))
+        .routes(routes!(routes::completions))
+        .routes(routes!(routes::models))
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(tasks::create, tasks::list))
+        .routes(routes!(tasks::get))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::events))
+        .routes(routes!(tasks::trace))
+        .routes(routes!(tasks::decide))
+        .routes(routes!(memories::list, memories::create))
+        .routes(routes!(memories::delete))
+        .routes(routes!(admin::audit))
+}
+
 /// The router, ready for `oneshot` in tests or a listener.
 pub fn app(state: Arc<AppState>) -> Router {
     let guard = axum::middleware::from_fn_with_state(state.auth.clone(), auth::guard);
-    Router::new()
-        .route("/v1/chat/completions", post(routes::chat_completions))
-        .route("/v1/completions", post(routes::completions))
-        .route("/v1/models", get(routes::models))
-        .route("/health", get(routes::health))
-        .route("/metrics", get(routes::metrics))
-        .route("/v1/tasks", post(tasks::create).get(tasks::list))
-        .route("/v1/tasks/{id}", get(tasks::get))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/tasks/{id}/events", get(tasks::events))
-        .route("/v1/tasks/{id}/trace", get(tasks::trace))
-        .route("/v1/tasks/{id}/approvals/{n}", post(tasks::decide))
-        .route("/v1/admin/audit", get(admin::audit))
+    let (routes, _) = router().split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // axum's own refusals (unreadable or oversized bodies, 405s) in the error shape too.
+        .layer(axum::middleware::from_fn(error::uniform))
         // Last, so it wraps every route above and the fallback: a route added after this line
         // would bypass authentication.
         .layer(guard)

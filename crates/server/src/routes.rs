@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::answer::{AnswerSpec, respond};
 use crate::error::ApiError;
+#[allow(unused_imports)] // named by the `utoipa::path` attributes
+use crate::schemas::{ChatCompletion, Health, ModelList, TextCompletion};
 use crate::wire::{ChatRequest, CompletionRequest, Content, Sampling};
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -210,12 +212,28 @@ fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
         let mut msg = ChatMessage::new(role, content);
         msg.name = m.name.clone();
         msg.tool_call_id = m.tool_call_id.clone();
-        msg.tool_calls = m.tool_calls.clone();
+        msg.tool_calls = match &m.tool_calls {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Array(_)) => Some(v.clone()),
+            Some(_) => {
+                return Err(ApiError::bad_param(
+                    &format!("messages[{i}].tool_calls"),
+                    "tool_calls must be a list",
+                ));
+            }
+        };
         out.push(msg);
     }
     Ok(out)
 }
 
+/// OpenAI's chat completions: streamed as server-sent events with `"stream": true`.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    operation_id = "createChatCompletion",
+    request_body = ChatRequest,
+    responses((status = 200, description = "The answer (a JSON object, or with `stream` an \
+        event stream of `chat.completion.chunk` objects ending in `data: [DONE]`)",
+        content((ChatCompletion = "application/json"), (String = "text/event-stream")))))]
 pub(crate) async fn chat_completions(
     State(st): State<Arc<AppState>>,
     body: Bytes,
@@ -424,6 +442,12 @@ fn response_schema(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
     }
 }
 
+/// OpenAI's (legacy) text completions: streamed as server-sent events with `"stream": true`.
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", operation_id = "createCompletion",
+    request_body = CompletionRequest,
+    responses((status = 200, description = "The completion (a JSON object, or with `stream` an \
+        event stream ending in `data: [DONE]`)",
+        content((TextCompletion = "application/json"), (String = "text/event-stream")))))]
 pub(crate) async fn completions(
     State(st): State<Arc<AppState>>,
     body: Bytes,
@@ -451,6 +475,9 @@ pub(crate) async fn completions(
     respond(answer_spec(&st, &job, &stream, false), stream).await
 }
 
+/// The one model served.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", operation_id = "listModels",
+    responses((status = 200, description = "The model list", body = ModelList)))]
 pub(crate) async fn models(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     axum::Json(json!({
         "object": "list",
@@ -459,10 +486,17 @@ pub(crate) async fn models(State(st): State<Arc<AppState>>) -> impl IntoResponse
     }))
 }
 
+/// Liveness; needs no key.
+#[utoipa::path(get, path = "/health", tag = "service", operation_id = "health",
+    responses((status = 200, description = "Up", body = Health)))]
 pub(crate) async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
+/// Prometheus metrics of the engine and the tasks.
+#[utoipa::path(get, path = "/metrics", tag = "service", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let s = st.engine.stats();
     let mut out = String::new();

@@ -17,11 +17,14 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::runner::{Refused, TaskPriority};
+#[allow(unused_imports)] // named by the `utoipa::path` attributes
+use crate::schemas::{Task, TaskList, Trace};
 
 /// Longest goal accepted, in characters.
 const MAX_GOAL_CHARS: usize = 16_000;
@@ -31,10 +34,14 @@ const MAX_DURATION_S: i64 = 7 * 24 * 3600;
 const MAX_PAGE: i64 = 100;
 
 /// `POST /v1/tasks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateTask {
+#[schema(example = json!({"goal": "What is 17 * 23? Use the calculator.", "tools": ["calculator"],
+                          "max_steps": 8}))]
+pub(crate) struct CreateTask {
+    /// Non-empty, at most 16 000 characters.
     goal: String,
+    /// The served model's name, or `default`.
     #[serde(default)]
     model: Option<String>,
     /// Tool names offered to the task (default: all).
@@ -43,43 +50,62 @@ struct CreateTask {
     /// Tools that need a person's approval before each call.
     #[serde(default)]
     ask: Option<Vec<String>>,
+    /// Model calls, 1 to 1000 (default 40).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     max_steps: Option<i64>,
+    /// Prompt plus completion tokens, 1 to 10 000 000.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000_000)]
     max_tokens: Option<i64>,
+    /// Wall clock of one run, 1 s to 7 days.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604_800)]
     max_duration_s: Option<i64>,
+    /// `interactive` (default), `batch` or `background`.
     #[serde(default)]
     priority: Option<String>,
+    /// Not supported yet: refused (400).
     #[serde(default)]
     webhook: Option<String>,
 }
 
 /// `GET /v1/tasks` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only tasks in these states, comma-separated (`queued,running`).
     #[serde(default)]
     status: Option<String>,
+    /// Page size, 1 to 100 (default 20).
     #[serde(default)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The `next` of the previous page.
     #[serde(default)]
     before: Option<String>,
 }
 
 /// `GET /v1/tasks/{id}/events` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct EventsQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// Send the records after this sequence number (`Last-Event-ID` wins over it).
     #[serde(default)]
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
 }
 
 /// `POST /v1/tasks/{id}/approvals/{n}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Decision {
+#[schema(example = json!({"approve": true, "reason": "fine by me"}))]
+pub(crate) struct Decision {
+    /// Run the call (true) or deny it (false).
     approve: bool,
+    /// Told to the model when the call is denied; journaled either way.
     #[serde(default)]
     reason: Option<String>,
 }
@@ -94,11 +120,11 @@ const STATUSES: &[&str] = &[
     "cancelled",
 ];
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
 }
 
-fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+pub(crate) fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
     axum::extract::Query::<T>::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::bad(format!("invalid query: {}", e.body_text())))
@@ -231,6 +257,20 @@ fn validate(
     ))
 }
 
+/// A list's `limit` query parameter: 1 to 100, 20 when absent.
+pub(crate) fn page_limit(l: Option<&str>) -> Result<usize, ApiError> {
+    match l {
+        None => Ok(20),
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n as usize),
+            _ => Err(ApiError::bad_param(
+                "limit",
+                format!("limit must be a whole number from 1 to {MAX_PAGE}, got {l:?}"),
+            )),
+        },
+    }
+}
+
 /// The task object of every answer.
 fn task_json(st: &AppState, t: &TaskRow) -> Result<Value, ApiError> {
     let o = Agent::outcome(&st.store, &t.id).map_err(agent_error)?;
@@ -284,6 +324,11 @@ fn task_json(st: &AppState, t: &TaskRow) -> Result<Value, ApiError> {
     }))
 }
 
+/// Submit a task: it is queued and runs on the worker pool.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", operation_id = "createTask",
+    request_body = CreateTask,
+    responses((status = 202, description = "Queued", body = Task,
+        headers(("Location" = String, description = "The task's URL")))))]
 pub(crate) async fn create(
     State(st): State<Arc<AppState>>,
     p: Principal,
@@ -340,6 +385,10 @@ fn unfinished_of_key(st: &AppState, tenant: &str, key: &str) -> Result<usize, Ap
         .count())
 }
 
+/// The tenant's tasks, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", operation_id = "listTasks",
+    params(ListQuery),
+    responses((status = 200, description = "A page of tasks", body = TaskList)))]
 pub(crate) async fn list(
     State(st): State<Arc<AppState>>,
     p: Principal,
@@ -361,18 +410,7 @@ pub(crate) async fn list(
             })
             .collect::<Result<_, _>>()?,
     };
-    let limit = match &q.limit {
-        None => 20,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n as usize,
-            _ => {
-                return Err(ApiError::bad_param(
-                    "limit",
-                    format!("limit must be a whole number from 1 to {MAX_PAGE}, got {l:?}"),
-                ));
-            }
-        },
-    };
+    let limit = page_limit(q.limit.as_deref())?;
     // One more than asked tells whether another page exists.
     let mut rows = match st
         .store
@@ -400,6 +438,10 @@ pub(crate) async fn list(
     Ok(axum::Json(json!({"object": "list", "data": data, "next": next})).into_response())
 }
 
+/// A task: status, plan, answer, usage, pending approvals.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", operation_id = "getTask",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The task", body = Task)))]
 pub(crate) async fn get(
     State(st): State<Arc<AppState>>,
     p: Principal,
@@ -410,6 +452,10 @@ pub(crate) async fn get(
     Ok(axum::Json(task_json(&st, &t)?).into_response())
 }
 
+/// Cancel a task (idempotent): a queued one ends at once, a running one at its next step.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", operation_id = "cancelTask",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The task, cancelled or about to be", body = Task)))]
 pub(crate) async fn cancel(
     State(st): State<Arc<AppState>>,
     p: Principal,
@@ -430,6 +476,10 @@ pub(crate) async fn cancel(
     Ok(axum::Json(task_json(&st, &t)?).into_response())
 }
 
+/// The task's trace: its records nested by step, with usage.
+#[utoipa::path(get, path = "/v1/tasks/{id}/trace", tag = "tasks", operation_id = "traceTask",
+    params(("id" = String, Path, description = "The task's id")),
+    responses((status = 200, description = "The trace", body = Trace)))]
 pub(crate) async fn trace(
     State(st): State<Arc<AppState>>,
     p: Principal,
@@ -441,6 +491,13 @@ pub(crate) async fn trace(
     Ok(axum::Json(v).into_response())
 }
 
+/// Grant or deny a pending approval of a tool call.
+#[utoipa::path(post, path = "/v1/tasks/{id}/approvals/{n}", tag = "tasks",
+    operation_id = "decideApproval",
+    params(("id" = String, Path, description = "The task's id"),
+           ("n" = u64, Path, description = "The approval's number (`pending_approvals[].n`)")),
+    request_body = Decision,
+    responses((status = 200, description = "The task after the decision", body = Task)))]
 pub(crate) async fn decide(
     State(st): State<Arc<AppState>>,
     p: Principal,
@@ -486,6 +543,14 @@ fn sse_event(e: &Event) -> SseEvent {
 
 /// Server-sent events of the task's journal: every record after `Last-Event-ID` (or
 /// `?after=`), then the live ones, then `event: end` once the task has ended.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks", operation_id = "taskEvents",
+    params(("id" = String, Path, description = "The task's id"),
+           ("Last-Event-ID" = Option<i64>, Header,
+            description = "The last record's sequence number seen (a reconnecting EventSource sends it)"),
+           EventsQuery),
+    responses((status = 200, description = "One event per journal record (`id:` its sequence \
+        number, `event:` its kind, `data:` the record as JSON), then `event: end`",
+        content_type = "text/event-stream", body = String)))]
 pub(crate) async fn events(
     State(st): State<Arc<AppState>>,
     p: Principal,

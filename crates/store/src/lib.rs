@@ -6,7 +6,8 @@
 //!   without repeating completed model or tool calls. Appends commit in WAL mode with
 //!   `synchronous=NORMAL`, which survives a process crash (`kill -9`); an OS crash may lose the
 //!   last commits but never corrupts the file.
-//! - **Memory**: facts and task outcomes per tenant, searched with FTS5 and BM25 ranking.
+//! - **Memory**: facts and task outcomes per tenant, searched with FTS5 and BM25 ranking, listed
+//!   newest first, forgotten by id (only within the tenant).
 //! - **API keys** ([`keys`]): who may call the server — only a SHA-256 hash of each secret is
 //!   kept, compared in constant time.
 //! - **Audit log** ([`audit`]): who did what, when, and how it ended.
@@ -179,6 +180,8 @@ pub struct Memory {
     pub kind: String,
     pub text: String,
     pub task_id: Option<String>,
+    pub created_ms: i64,
+    /// BM25 of a search hit; 0 for memories not found by searching.
     pub rank: f64,
 }
 
@@ -411,21 +414,34 @@ impl Store {
         let fts_query = terms.join(" OR ");
         let db = self.db();
         let mut st = db.prepare(
-            "SELECT m.id, m.kind, m.text, m.task_id, bm25(memories_fts) AS rank
+            "SELECT m.id, m.kind, m.text, m.task_id, m.created_ms, bm25(memories_fts) AS rank
              FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid
              WHERE memories_fts MATCH ?1 AND m.tenant = ?2
              ORDER BY rank LIMIT ?3",
         )?;
-        let rows = st.query_map(params![fts_query, tenant, limit as i64], |r| {
-            Ok(Memory {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                text: r.get(2)?,
-                task_id: r.get(3)?,
-                rank: r.get(4)?,
-            })
-        })?;
+        let rows = st.query_map(params![fts_query, tenant, limit as i64], memory_row)?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// The `limit` newest memories of `tenant`, newest first.
+    pub fn recent_memories(&self, tenant: &str, limit: usize) -> Result<Vec<Memory>> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT id, kind, text, task_id, created_ms, 0.0 FROM memories WHERE tenant = ?1
+             ORDER BY created_ms DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![tenant, limit as i64], memory_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Forgets memory `id` if it is `tenant`'s; whether there was such a memory. Another
+    /// tenant's id is left alone and answered like an unknown one.
+    pub fn delete_memory(&self, tenant: &str, id: i64) -> Result<bool> {
+        let n = self.db().execute(
+            "DELETE FROM memories WHERE id = ?1 AND tenant = ?2",
+            params![id, tenant],
+        )?;
+        Ok(n > 0)
     }
 }
 
@@ -451,6 +467,17 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+fn memory_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Memory> {
+    Ok(Memory {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        text: r.get(2)?,
+        task_id: r.get(3)?,
+        created_ms: r.get(4)?,
+        rank: r.get(5)?,
+    })
 }
 
 fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRow>> {
@@ -607,6 +634,46 @@ mod tests {
         // FTS5 operators and quotes in user text are just words.
         assert!(s.search_memory("a", "\"unbalanced AND (", 5).is_ok());
         assert!(s.search_memory("a", "  ", 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn memories_list_newest_first_and_delete_only_within_the_tenant() {
+        let s = Store::in_memory().unwrap();
+        let mut a_ids = Vec::new();
+        for i in 0..4 {
+            a_ids.push(
+                s.save_memory("a", "fact", &format!("fact {i}"), None)
+                    .unwrap(),
+            );
+        }
+        let b1 = s.save_memory("b", "fact", "b's own fact", None).unwrap();
+        let texts = |v: Vec<Memory>| v.into_iter().map(|m| m.text).collect::<Vec<_>>();
+        // Saved within one millisecond, so the id breaks the tie: still newest first.
+        assert_eq!(
+            texts(s.recent_memories("a", 3).unwrap()),
+            ["fact 3", "fact 2", "fact 1"]
+        );
+        assert_eq!(texts(s.recent_memories("b", 10).unwrap()), ["b's own fact"]);
+        assert!(s.recent_memories("nobody", 10).unwrap().is_empty());
+        let m = &s.recent_memories("a", 1).unwrap()[0];
+        assert!(m.created_ms > 0 && m.id == a_ids[3], "{m:?}");
+
+        // Another tenant's id is refused like an unknown one, and stays.
+        assert!(!s.delete_memory("a", b1).unwrap());
+        assert!(!s.delete_memory("a", 999_999).unwrap());
+        assert_eq!(s.recent_memories("b", 10).unwrap().len(), 1);
+        assert!(s.delete_memory("a", a_ids[1]).unwrap());
+        assert!(!s.delete_memory("a", a_ids[1]).unwrap(), "deleted once");
+        assert_eq!(
+            texts(s.recent_memories("a", 10).unwrap()),
+            ["fact 3", "fact 2", "fact 0"]
+        );
+        // The search index forgets it too.
+        s.save_memory("a", "fact", "zebras graze", None).unwrap();
+        let z = s.search_memory("a", "zebras", 5).unwrap();
+        assert_eq!(z.len(), 1);
+        assert!(s.delete_memory("a", z[0].id).unwrap());
+        assert!(s.search_memory("a", "zebras", 5).unwrap().is_empty());
     }
 
     /// A database written by the version-1 code (its exact schema, taken from git history
