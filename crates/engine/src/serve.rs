@@ -295,11 +295,13 @@ impl EngineHandle {
                 cfg.kv_cache_mb, cfg.block_size
             )));
         }
-        let kv = KvCache::new(
+        let mut kv = KvCache::new(
             model
                 .kv_layout(block_size, num_blocks)
                 .with_dtype(cfg.kv_dtype),
         )?;
+        // A server's memory should not grow with use: hold the configured budget from the start.
+        kv.prefault();
         let sched = Scheduler::new(SchedulerConfig {
             block_size: cfg.block_size.max(1),
             num_blocks,

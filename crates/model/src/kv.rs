@@ -103,6 +103,22 @@ impl Plane {
         }
     }
 
+    /// Writes every page of the plane once (see [`KvCache::prefault`]).
+    fn prefault(&mut self) {
+        fn touch<T: Copy + Default>(v: &mut [T]) {
+            // black_box: the allocation is already zero (calloc), so a plain fill may be
+            // removed as a no-op, and the point is the page faults.
+            std::hint::black_box(&mut *v).fill(T::default());
+        }
+        match self {
+            Plane::F16(h) => touch(h),
+            Plane::Q8 { q, d } => {
+                touch(q);
+                touch(d);
+            }
+        }
+    }
+
     /// Stores `x` at element `at` (a row start, so Q8 blocks are aligned).
     fn write(&mut self, at: usize, x: &[f32]) {
         match self {
@@ -257,6 +273,16 @@ impl KvCache {
 
     pub(crate) fn layer(&self, layer: usize) -> (&Plane, &Plane) {
         (&self.k[layer], &self.v[layer])
+    }
+
+    /// Makes the whole pool resident now. The pool is zeroed memory the kernel maps on first
+    /// write, so without this a server's resident size creeps up request after request as
+    /// new blocks get used, which looks like a leak; with it the memory the configured budget
+    /// takes is held from the start (as llama.cpp's preallocated KV buffer is) and stays flat.
+    pub fn prefault(&mut self) {
+        for p in self.k.iter_mut().chain(self.v.iter_mut()) {
+            p.prefault();
+        }
     }
 
     /// Copies one block's contents into another (copy-on-write of shared prefix blocks).
