@@ -403,8 +403,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 if store.keys(None)?.iter().all(|k| k.revoked()) {
                     eprintln!(
-                        "note: no API keys yet, so every request but /health will be refused; \
-                         create one with `autoglm keys create --tenant NAME --scopes models,tasks`"
+                        "note: no API keys yet, so every request but /health and the web UI's \
+                         files will be refused; create one with \
+                         `autoglm keys create --tenant NAME --scopes models,tasks`"
                     );
                 }
                 autoglm_server::AuthMode::Keys
@@ -429,6 +430,7 @@ fn run(cli: Cli) -> Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(autoglm_server::serve(state, addr, |a| {
                 eprintln!("serving {} on http://{a}/v1 (Ctrl-C to stop)", model.model);
+                eprintln!("web UI: http://{a}/");
             }))?;
             Ok(())
         }

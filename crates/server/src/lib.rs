@@ -12,10 +12,12 @@
 //!   journal), `GET /v1/tasks/{id}/trace`, `POST /v1/tasks/{id}/approvals/{n}`; the tasks run
 //!   on the worker pool of `runner.rs` ([`AppState::start_tasks`]).
 //! - `GET /v1/admin/audit`: the audit log (admin scope).
+//! - `GET /v1/engine`, `GET /v1/tools` (`status.rs`): the engine's load and the tools, as JSON.
+//! - The web UI (`ui.rs`): the page at `/ui/`, open to anyone (it holds no data).
 //!
-//! In front of every route but `/health`, [`auth::guard`] authenticates the API key (unless the
-//! state was built with [`AuthMode::None`]), checks the route's scope and the key's rate limit,
-//! and writes the audit log.
+//! In front of every route but `/health` and the UI's files, [`auth::guard`] authenticates the
+//! API key (unless the state was built with [`AuthMode::None`]), checks the route's scope and
+//! the key's rate limit, and writes the audit log.
 //!
 //! Every bad request gets a 4xx in OpenAI's error shape naming the problem; overload gets a 429
 //! with `Retry-After` at once; bodies are capped.
@@ -26,7 +28,9 @@ pub mod auth;
 mod error;
 mod routes;
 mod runner;
+mod status;
 mod tasks;
+mod ui;
 mod wire;
 
 use std::net::SocketAddr;
@@ -62,6 +66,8 @@ pub struct AppState {
     pub(crate) tasks: Arc<runner::Runner>,
     /// API keys (or none), their cache and rate limits.
     pub(crate) auth: Arc<auth::Auth>,
+    /// The engine's recent load, for `GET /v1/engine`.
+    pub(crate) load: status::LoadHistory,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +146,7 @@ impl AppState {
             auth: Arc::new(auth::Auth::new(auth, store.clone())),
             store,
             tasks: Arc::new(runner::Runner::new(agent, tasks.workers, tasks.max_queued)),
+            load: Default::default(),
         })
     }
 
@@ -179,6 +186,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/tasks/{id}/trace", get(tasks::trace))
         .route("/v1/tasks/{id}/approvals/{n}", post(tasks::decide))
         .route("/v1/admin/audit", get(admin::audit))
+        .merge(status::routes())
+        .merge(ui::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Last, so it wraps every route above and the fallback: a route added after this line
@@ -194,6 +203,7 @@ pub async fn serve(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
     let resumed = state.start_tasks()?;
+    status::start_sampler(&state);
     if resumed > 0 {
         eprintln!("resuming {resumed} unfinished tasks");
     }
