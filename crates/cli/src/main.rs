@@ -429,8 +429,11 @@ fn run(cli: Cli) -> Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(autoglm_server::serve(state, addr, |a| {
-                eprintln!("serving {} on http://{a}/v1 (Ctrl-C to stop)", model.model);
-                eprintln!("web UI: http://{a}/");
+                // One line: tests read it and close the pipe, and a later line would then fail.
+                eprintln!(
+                    "serving {} on http://{a}/v1 — web UI at http://{a}/ (Ctrl-C to stop)",
+                    model.model
+                );
             }))?;
             Ok(())
         }
