@@ -409,8 +409,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 if store.keys(None)?.iter().all(|k| k.revoked()) {
                     eprintln!(
-                        "note: no API keys yet, so every request but /health will be refused; \
-                         create one with `autoglm keys create --tenant NAME --scopes models,tasks`"
+                        "note: no API keys yet, so every request but /health and the web UI's \
+                         files will be refused; create one with \
+                         `autoglm keys create --tenant NAME --scopes models,tasks`"
                     );
                 }
                 autoglm_server::AuthMode::Keys
@@ -434,7 +435,11 @@ fn run(cli: Cli) -> Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(autoglm_server::serve(state, addr, |a| {
-                eprintln!("serving {} on http://{a}/v1 (Ctrl-C to stop)", model.model);
+                // One line: tests read it and close the pipe, and a later line would then fail.
+                eprintln!(
+                    "serving {} on http://{a}/v1 — web UI at http://{a}/ (Ctrl-C to stop)",
+                    model.model
+                );
             }))?;
             Ok(())
         }

@@ -836,8 +836,14 @@ fn http_as(
     (status, body)
 }
 
-/// `autoglm serve` with its state in `home`; returns the child and the `host:port` it bound.
+/// `autoglm serve --no-auth` with its state in `home`; returns the child and the `host:port`
+/// it bound.
 fn serve_in(home: &std::path::Path) -> (std::process::Child, String) {
+    serve_with(home, &["--no-auth"])
+}
+
+/// `autoglm serve` with `extra` arguments.
+fn serve_with(home: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
         .args([
@@ -848,8 +854,8 @@ fn serve_in(home: &std::path::Path) -> (std::process::Child, String) {
             "2",
             "--task-workers",
             "2",
-            "--no-auth",
         ])
+        .args(extra)
         .env("AUTOGLM_HOME", home)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -963,4 +969,104 @@ fn serve_resumes_five_tasks_after_being_killed_mid_way() {
         "{metrics}"
     );
     drop(server);
+}
+
+/// What the browser test needs and is missing: Node.js, Debian's Chromium, the npm packages.
+fn browser_test_missing(ui: &std::path::Path, chromium: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        missing.push("node (apt-get install nodejs npm)".to_string());
+    }
+    if !std::path::Path::new(chromium).exists() {
+        missing.push(format!("{chromium} (apt-get install chromium)"));
+    }
+    if !ui
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        missing.push(format!("playwright-core (npm ci in {})", ui.display()));
+    }
+    missing
+}
+
+/// The web UI in a real browser: tests/ui/run.mjs drives Debian's headless Chromium with
+/// Playwright against `autoglm serve --no-auth` — starts a task through the form, sees its
+/// steps arrive live, grants its approval, checks the timeline, the answer and the engine
+/// page, and takes screenshots (into the target directory, paths printed) — and against a
+/// second server that asks for keys (the key bar, a task followed over the authenticated
+/// stream, cancel). Under CI=true a missing browser, Node.js or npm package fails the test;
+/// elsewhere it is skipped, saying why.
+#[test]
+fn the_web_ui_in_headless_chromium() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ui = root.join("tests/ui");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let missing = browser_test_missing(&ui, &chromium);
+    if !missing.is_empty() {
+        let why = format!("the browser test needs {}", missing.join(", "));
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(!ci, "{why} (.ci/run installs them)");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    ensure("smollm2-135m");
+    let home = tempfile::tempdir().unwrap();
+    let (child, addr) = serve_in(home.path());
+    let _server = Server {
+        child,
+        url: format!("http://{addr}/v1"),
+        _home: Some(home),
+    };
+    let keyed_home = tempfile::tempdir().unwrap();
+    let created = autoglm_in(
+        keyed_home.path(),
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "ui",
+            "--scopes",
+            "tasks,models",
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let key = stdout(&created).trim().to_string();
+    let (child, keyed_addr) = serve_with(keyed_home.path(), &[]);
+    let _keyed = Server {
+        child,
+        url: format!("http://{keyed_addr}/v1"),
+        _home: Some(keyed_home),
+    };
+    // Next to the binary under test: target/<profile>/ui-screenshots.
+    let shots = std::path::Path::new(env!("CARGO_BIN_EXE_autoglm"))
+        .parent()
+        .unwrap()
+        .join("ui-screenshots");
+    let mut node = Command::new("node")
+        .arg(ui.join("run.mjs"))
+        .arg(format!("http://{addr}"))
+        .arg(&shots)
+        .env("CHROMIUM", &chromium)
+        .env("AUTOGLM_UI_KEYED_URL", format!("http://{keyed_addr}"))
+        .env("AUTOGLM_UI_KEY", &key)
+        .current_dir(&ui)
+        .spawn()
+        .expect("node starts");
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(240) {
+            let _ = node.kill();
+            panic!("the browser test took over 4 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        status.success(),
+        "tests/ui/run.mjs failed (its output is above)"
+    );
+    eprintln!("screenshots in {}", shots.display());
 }

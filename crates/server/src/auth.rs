@@ -6,7 +6,8 @@
 //!
 //! [`guard`], in order:
 //!
-//! 1. `/health` and `/openapi.json` pass untouched; everything else needs a principal.
+//! 1. `/health`, `/openapi.json` and the web UI's files ([`OPEN_PATHS`], [`OPEN_PREFIXES`])
+//!    pass untouched; everything else needs a principal.
 //! 2. [`AuthMode::None`] (`autoglm serve --no-auth`, one user on loopback): every request is
 //!    [`Principal::local`]. [`AuthMode::Keys`]: the key from `Authorization: Bearer <key>` or
 //!    `x-api-key: <key>` is looked up by its id and its secret checked against the stored hash
@@ -154,19 +155,28 @@ const ROUTE_SCOPES: &[(&str, Scope)] = &[
     ("/v1/chat/completions", Scope::Models),
     ("/v1/completions", Scope::Models),
     ("/v1/models", Scope::Models),
+    ("/v1/engine", Scope::Models),
     ("/v1/tasks", Scope::Tasks),
+    ("/v1/tools", Scope::Tasks),
     ("/v1/memories", Scope::Tasks),
     ("/v1/memory", Scope::Tasks),
     ("/v1/admin", Scope::Admin),
     ("/metrics", Scope::Admin),
 ];
 
-/// Paths served to anyone, matched exactly.
-const OPEN_PATHS: &[&str] = &["/health", "/openapi.json"];
+/// Paths served to anyone, matched exactly: the health check, the OpenAPI document and the web
+/// UI's redirects.
+pub const OPEN_PATHS: &[&str] = &["/health", "/openapi.json", "/", "/ui"];
+
+/// Path prefixes served to anyone: the web UI's files, which its user loads before giving a
+/// key (they hold no data; the page calls the API with the key). Only the UI's own routes
+/// answer under them: the router matches paths as they are (`/ui/../v1/tasks` is a UI file
+/// name, unknown, 404), so no API route is reachable through one.
+pub const OPEN_PREFIXES: &[&str] = &["/ui/"];
 
 /// The scope a request path needs; `None` for the open paths.
 pub fn required_scope(path: &str) -> Option<Scope> {
-    if OPEN_PATHS.contains(&path) {
+    if OPEN_PATHS.contains(&path) || OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
         return None;
     }
     let under = |prefix: &str| {
@@ -596,7 +606,16 @@ mod tests {
             ("/metrics", Some(Scope::Admin)),
             ("/v1/admin/audit", Some(Scope::Admin)),
             ("/v1/unlisted", Some(Scope::Admin)),
-            ("/", Some(Scope::Admin)),
+            ("/v1/engine", Some(Scope::Models)),
+            ("/v1/tools", Some(Scope::Tasks)),
+            ("/", None),
+            ("/ui", None),
+            ("/ui/", None),
+            ("/ui/app.js", None),
+            ("/uix", Some(Scope::Admin)),
+            ("/ui.js", Some(Scope::Admin)),
+            ("//ui/", Some(Scope::Admin)),
+            ("/v1/ui/", Some(Scope::Admin)),
         ];
         for (path, want) in cases {
             assert_eq!(required_scope(path), want, "{path}");

@@ -14,12 +14,15 @@
 //! - `GET /v1/memories`, `POST /v1/memories`, `DELETE /v1/memories/{id}` (`memories.rs`): the
 //!   tenant's long-term memory.
 //! - `GET /v1/admin/audit`: the audit log (admin scope).
+//! - `GET /v1/engine`, `GET /v1/tools` (`status.rs`): the engine's load and the tools, as JSON.
 //! - `GET /openapi.json` (`openapi.rs`): the OpenAPI document of all of these, generated from
 //!   the handlers' declarations, through which every route is registered ([`router`]).
+//! - The web UI (`ui.rs`): the page at `/ui/`, open to anyone (it holds no data), the only
+//!   routes outside the document.
 //!
-//! In front of every route but `/health` and `/openapi.json`, [`auth::guard`] authenticates the API key (unless the
-//! state was built with [`AuthMode::None`]), checks the route's scope and the key's rate limit,
-//! and writes the audit log.
+//! In front of every route but `/health`, `/openapi.json` and the UI's files, [`auth::guard`]
+//! authenticates the API key (unless the state was built with [`AuthMode::None`]), checks the
+//! route's scope and the key's rate limit, and writes the audit log.
 //!
 //! Every bad request gets a 4xx in OpenAI's error shape naming the problem; overload gets a 429
 //! with `Retry-After` at once; bodies are capped.
@@ -33,7 +36,9 @@ pub mod openapi;
 mod routes;
 mod runner;
 mod schemas;
+mod status;
 mod tasks;
+mod ui;
 mod wire;
 
 use std::net::SocketAddr;
@@ -70,6 +75,8 @@ pub struct AppState {
     pub(crate) tasks: Arc<runner::Runner>,
     /// API keys (or none), their cache and rate limits.
     pub(crate) auth: Arc<auth::Auth>,
+    /// The engine's recent load, for `GET /v1/engine`.
+    pub(crate) load: status::LoadHistory,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +155,7 @@ impl AppState {
             auth: Arc::new(auth::Auth::new(auth, store.clone())),
             store,
             tasks: Arc::new(runner::Runner::new(agent, tasks.workers, tasks.max_queued)),
+            load: Default::default(),
         })
     }
 
@@ -191,6 +199,8 @@ fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(memories::list, memories::create))
         .routes(routes!(memories::delete))
         .routes(routes!(admin::audit))
+        .routes(routes!(status::engine))
+        .routes(routes!(status::tools))
 }
 
 /// The router, ready for `oneshot` in tests or a listener.
@@ -198,6 +208,8 @@ pub fn app(state: Arc<AppState>) -> Router {
     let guard = axum::middleware::from_fn_with_state(state.auth.clone(), auth::guard);
     let (routes, _) = router().split_for_parts();
     routes
+        // The UI's files are not API operations, so they stay out of the document.
+        .merge(ui::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // axum's own refusals (unreadable or oversized bodies, 405s) in the error shape too.
@@ -215,6 +227,7 @@ pub async fn serve(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
     let resumed = state.start_tasks()?;
+    status::start_sampler(&state);
     if resumed > 0 {
         eprintln!("resuming {resumed} unfinished tasks");
     }

@@ -217,3 +217,53 @@ pub(crate) struct AuditRow {
     #[schema(value_type = Object)]
     detail: Value,
 }
+
+/// `GET /v1/engine`.
+#[derive(ToSchema)]
+pub(crate) struct EngineLoad {
+    /// `engine`
+    object: String,
+    model: String,
+    context_length: u64,
+    requests_in_flight: u64,
+    queue_depth: u64,
+    running_sequences: u64,
+    /// Sequences in the last step.
+    batch_size: u64,
+    /// `{"total", "used", "cached"}` blocks.
+    #[schema(value_type = Object)]
+    kv_blocks: Value,
+    /// Used blocks over total, 0..1.
+    kv_cache_use: f64,
+    /// `{"lookup_tokens", "hit_tokens", "hit_rate"}`.
+    #[schema(value_type = Object)]
+    prefix_cache: Value,
+    tokens_per_second: f64,
+    generated_tokens: u64,
+    prompt_tokens: u64,
+    engine_steps: u64,
+    preemptions: u64,
+    requests_refused: u64,
+    /// `{"queued", "running"}` tasks.
+    #[schema(value_type = Object)]
+    tasks: Value,
+    /// `{"interval_s", "points": [{"at", "tokens_per_second", "prompt_tokens_per_second",
+    /// "prefix_cache_hit_rate", "running", "waiting", "kv_blocks_used"}]}`.
+    #[schema(value_type = Object)]
+    history: Value,
+}
+
+/// `GET /v1/tools`.
+#[derive(ToSchema)]
+pub(crate) struct ToolList {
+    /// `list`
+    object: String,
+    data: Vec<ToolName>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct ToolName {
+    /// `tool`
+    object: String,
+    name: String,
+}

@@ -766,6 +766,12 @@ async fn the_router_serves_exactly_the_documented_operations() {
     // serve a route the document does not have.
     let mut handlers = 0;
     for (file, code) in library_sources() {
+        // The web UI's files are not API operations: `ui.rs` owns their routes, merged in
+        // `app()` beside the documented router, and they hold no data.
+        if file.ends_with("/ui.rs") {
+            continue;
+        }
+        let code = code.replace(".merge(ui::routes())", "");
         let plain_routers =
             code.matches("Router::new(").count() - code.matches("OpenApiRouter::new(").count();
         assert_eq!(plain_routers, 0, "{file} builds a router of its own");
@@ -1155,7 +1161,8 @@ async fn a_tenant_reaches_nothing_of_another_through_any_operation() {
             continue;
         }
         // Lists: empty for B whatever it asks, A's ids and words included.
-        let tenant_data = op.spec["x-required-scope"] == "tasks";
+        // `/v1/tools` lists the server's tools, the same for every tenant.
+        let tenant_data = op.spec["x-required-scope"] == "tasks" && op.path != "/v1/tools";
         let mut queries = vec![String::new()];
         for p in op.params(&doc, "query") {
             let pname = p["name"].as_str().unwrap_or("");
