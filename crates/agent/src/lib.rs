@@ -12,6 +12,7 @@ mod journal;
 mod memory;
 mod prompts;
 mod run;
+mod spans;
 mod trace;
 
 use std::collections::HashMap;

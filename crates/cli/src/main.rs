@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod keys_cmd;
 mod model_cmd;
+mod telemetry;
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -145,6 +146,10 @@ enum Command {
         /// loopback; see `autoglm keys`).
         #[arg(long)]
         no_auth: bool,
+        /// Export task spans (task, steps, model and tool calls) by OTLP/HTTP to this
+        /// collector, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
     },
     /// Manage API keys: create, list, revoke.
     Keys {
@@ -368,6 +373,7 @@ fn run(cli: Cli) -> Result<()> {
             task_workers,
             max_queued_tasks,
             no_auth,
+            otlp_endpoint,
         } => {
             if task_workers == 0 {
                 bail!("--task-workers must be at least 1");
@@ -427,9 +433,15 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(autoglm_server::serve(state, addr, |a| {
+            let mut telemetry = telemetry::Telemetry::init(otlp_endpoint.as_deref())?;
+            let served = rt.block_on(autoglm_server::serve(state, addr, |a| {
                 eprintln!("serving {} on http://{a}/v1 (Ctrl-C to stop)", model.model);
-            }))?;
+            }));
+            // Tasks still running end (and close their spans) with the runtime; then the
+            // spans still queued are sent.
+            drop(rt);
+            telemetry.shutdown();
+            served?;
             Ok(())
         }
         Command::Model { command } => model_cmd::run(command),

@@ -1,6 +1,8 @@
 //! End-to-end tests of the `autoglm` binary: the command-line contract (exact output forms and
 //! exit codes) on the real catalogue models, and clear errors for bad input.
 
+mod otlp;
+
 use std::process::{Command, Output};
 
 use autoglm_testkit::reference;
@@ -838,6 +840,11 @@ fn http_as(
 
 /// `autoglm serve` with its state in `home`; returns the child and the `host:port` it bound.
 fn serve_in(home: &std::path::Path) -> (std::process::Child, String) {
+    serve_with(home, &[])
+}
+
+/// [`serve_in`] with more arguments.
+fn serve_with(home: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_autoglm"))
         .args([
@@ -850,6 +857,7 @@ fn serve_in(home: &std::path::Path) -> (std::process::Child, String) {
             "2",
             "--no-auth",
         ])
+        .args(extra)
         .env("AUTOGLM_HOME", home)
         .stderr(std::process::Stdio::piped())
         .spawn()
