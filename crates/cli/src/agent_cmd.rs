@@ -256,6 +256,8 @@ fn live_line(e: &Event) -> Option<String> {
             p["n"]
         ),
         StepKind::Final => format!("done: {}", p["status"].as_str()?),
+        // The server's, after the task's end.
+        StepKind::Webhook => return None,
     })
 }
 

@@ -24,9 +24,11 @@ mod admin;
 mod answer;
 pub mod auth;
 mod error;
+mod queue;
 mod routes;
 mod runner;
 mod tasks;
+mod webhook;
 mod wire;
 
 use std::net::SocketAddr;
@@ -43,6 +45,7 @@ use axum::routing::{get, post};
 pub use auth::AuthMode;
 pub use error::ApiError;
 pub use runner::TasksConfig;
+pub use webhook::{SIGNATURE_HEADER, WebhookConfig, signature};
 
 /// Request bodies larger than this are refused (413) before parsing.
 pub const BODY_LIMIT: usize = 4 << 20;
@@ -139,7 +142,13 @@ impl AppState {
                 .map_or(0, |d| d.as_secs()),
             auth: Arc::new(auth::Auth::new(auth, store.clone())),
             store,
-            tasks: Arc::new(runner::Runner::new(agent, tasks.workers, tasks.max_queued)),
+            tasks: Arc::new(runner::Runner::new(
+                agent,
+                tasks.workers,
+                tasks.max_queued,
+                tasks.priority_step,
+                tasks.webhooks,
+            )),
         })
     }
 
