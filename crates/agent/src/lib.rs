@@ -12,6 +12,7 @@ mod journal;
 mod memory;
 mod prompts;
 mod run;
+mod spans;
 mod trace;
 
 use std::collections::HashMap;
@@ -105,6 +106,8 @@ pub enum StepKind {
     /// The decision on an approval request.
     Approval,
     Final,
+    /// A delivery of the task's webhook, journaled by the server after the final record.
+    Webhook,
 }
 
 impl StepKind {
@@ -119,6 +122,7 @@ impl StepKind {
             StepKind::ApprovalRequested => "approval_requested",
             StepKind::Approval => "approval",
             StepKind::Final => "final",
+            StepKind::Webhook => "webhook",
         }
     }
 
@@ -133,6 +137,7 @@ impl StepKind {
             "approval_requested" => StepKind::ApprovalRequested,
             "approval" => StepKind::Approval,
             "final" => StepKind::Final,
+            "webhook" => StepKind::Webhook,
             _ => return None,
         })
     }

@@ -16,11 +16,12 @@ use autoglm_llm::{ChatRequest, ChatResponse, Message, ToolCall, ToolChoice, Tool
 use autoglm_store::{Record, TaskRow, now_ms};
 use autoglm_tools::{Cancel, MemorySave, MemorySearch, ToolContext, ToolError, ToolRegistry};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::journal::Journal;
 use crate::memory::{self, Window};
 use crate::prompts::{self, Subtask};
-use crate::{Agent, AgentError, Status, StepKind, TaskOutcome};
+use crate::{Agent, AgentError, Status, StepKind, TaskOutcome, spans};
 
 /// Why a task stops early.
 enum Stop {
@@ -149,6 +150,29 @@ impl Agent {
                 task_cancel.cancel();
             }),
         };
+        let span = spans::task(id, &task.tenant, self.llm.as_ref());
+        let out = self
+            .drive_registered(id, task, journal, cancel)
+            .instrument(span.clone())
+            .await;
+        spans::task_ended(
+            &span,
+            match &out {
+                Ok(o) => Ok((o.status.as_str(), o.usage)),
+                Err(_) => Err("store_error"),
+            },
+        );
+        out
+    }
+
+    /// The run itself, once `drive` has registered the task as running.
+    async fn drive_registered(
+        &self,
+        id: &str,
+        task: TaskRow,
+        journal: Journal,
+        cancel: Cancel,
+    ) -> Result<TaskOutcome, AgentError> {
         if journal.recorded("final", StepKind::Final).is_none() {
             if task.status != "running" {
                 self.store.set_status(id, "running", None)?;
@@ -322,6 +346,11 @@ impl TaskRun<'_> {
         &self.cfg
     }
 
+    /// The span of one step of this task (see [`spans`]).
+    fn step(&self, kind: &str, n: usize, key: &str) -> tracing::Span {
+        spans::step(&self.journal.task_id, kind, n, key)
+    }
+
     async fn execute(&self) -> Result<String, Stop> {
         let cfg = self.cfg();
         let memories: Vec<String> = if cfg.recall > 0 {
@@ -336,7 +365,10 @@ impl TaskRun<'_> {
             Vec::new()
         };
         let mut planno = 0;
-        let mut plan = self.plan(planno, &memories, None).await?;
+        let mut plan = self
+            .plan(planno, &memories, None)
+            .instrument(self.step("plan", 0, &format!("plan{planno}")))
+            .await?;
         // Results of finished subtasks of earlier plans, then of the current one.
         let mut carried: Vec<(String, String)> = Vec::new();
         loop {
@@ -355,7 +387,9 @@ impl TaskRun<'_> {
                             earlier.push((dep.task.clone(), r.clone()));
                         }
                     }
+                    let key = format!("plan{planno}/s{}", s.id);
                     self.subtask(planno, s, earlier)
+                        .instrument(self.step("subtask", s.id, &key))
                 }))
                 .await;
                 for (s, out) in ready.iter().zip(outs) {
@@ -375,31 +409,46 @@ impl TaskRun<'_> {
                 }
             }
             let feedback = match failure {
-                None => {
-                    let answer = if plan.len() == 1 && carried.len() == 1 {
-                        carried[0].1.clone()
-                    } else {
-                        self.compose(planno, &carried).await?
-                    };
-                    // A one-step plan was already checked against the goal with its step.
-                    if plan.len() == 1 && carried.len() == 1 {
-                        return Ok(answer);
-                    }
-                    let key = format!("plan{planno}/final");
-                    let (ok, reason) = self.reflect(&key, "the whole goal", &answer).await?;
-                    if ok {
-                        return Ok(answer);
-                    }
-                    format!("the final answer {answer:?} was judged wrong: {reason}")
-                }
+                // A one-step plan was already checked against the goal with its step.
+                None if plan.len() == 1 && carried.len() == 1 => return Ok(carried[0].1.clone()),
+                None => match self
+                    .answer(planno, &carried)
+                    .instrument(self.step("answer", 0, &format!("plan{planno}/final")))
+                    .await?
+                {
+                    Ok(answer) => return Ok(answer),
+                    Err(feedback) => feedback,
+                },
                 Some(f) => f,
             };
             if planno >= cfg.max_replans {
                 return Err(Stop::Failed(feedback));
             }
             planno += 1;
-            plan = self.plan(planno, &memories, Some(&feedback)).await?;
+            plan = self
+                .plan(planno, &memories, Some(&feedback))
+                .instrument(self.step("plan", 0, &format!("plan{planno}")))
+                .await?;
         }
+    }
+
+    /// The final answer composed from the steps' results and checked against the goal;
+    /// `Ok(Err(feedback))` when the check fails.
+    async fn answer(
+        &self,
+        planno: usize,
+        carried: &[(String, String)],
+    ) -> Result<Result<String, String>, Stop> {
+        let answer = self.compose(planno, carried).await?;
+        let key = format!("plan{planno}/final");
+        let (ok, reason) = self.reflect(&key, "the whole goal", &answer).await?;
+        Ok(if ok {
+            Ok(answer)
+        } else {
+            Err(format!(
+                "the final answer {answer:?} was judged wrong: {reason}"
+            ))
+        })
     }
 
     /// One subtask with its retries; `Ok(Err(reason))` when every attempt failed its check.
@@ -738,12 +787,21 @@ impl TaskRun<'_> {
         self.check_budgets()?;
         let started = now_ms();
         let cancel = self.cancel.clone();
+        let llm = self.agent.llm.as_ref();
+        let span = spans::chat(&self.journal.task_id, key, purpose, subtask, llm, req);
         let resp = tokio::select! {
-            r = self.agent.llm.chat(req, None) => {
-                r.map_err(|e| Stop::Failed(format!("model call failed: {e}")))?
+            r = llm.chat(req, None).instrument(span.clone()) => {
+                r.map_err(|e| {
+                    spans::failed(&span, "model_error");
+                    Stop::Failed(format!("model call failed: {e}"))
+                })?
             }
-            _ = cancel.cancelled() => return Err(Stop::Cancelled),
+            _ = cancel.cancelled() => {
+                spans::failed(&span, "cancelled");
+                return Err(Stop::Cancelled);
+            }
         };
+        spans::chat_ended(&span, &resp);
         self.count(&resp.usage);
         self.journal.append(
             StepKind::ModelCall,
@@ -765,9 +823,24 @@ impl TaskRun<'_> {
         if self.cancel.is_cancelled() {
             return Err(Stop::Cancelled);
         }
+        let description = self
+            .tools
+            .get(&call.name)
+            .map(|t| t.description().to_string());
+        let span = spans::tool(
+            &self.journal.task_id,
+            key,
+            subtask,
+            call,
+            description.as_deref(),
+        );
         if self.ask.contains(&call.name)
-            && let Err(denied) = self.approval(key, subtask, call).await?
+            && let Err(denied) = self
+                .approval(key, subtask, call)
+                .instrument(span.clone())
+                .await?
         {
+            span.record("autoglm.tool.denied", true);
             let t = now_ms();
             self.journal.append(
                 StepKind::ToolResult,
@@ -789,11 +862,18 @@ impl TaskRun<'_> {
         let (output, ok) = match self
             .tools
             .call(&call.name, call.arguments.clone(), &self.ctx)
+            .instrument(span.clone())
             .await
         {
             Ok(o) => (o.content, true),
-            Err(ToolError::Cancelled) => return Err(Stop::Cancelled),
-            Err(e) => (format!("error: {e}"), false),
+            Err(ToolError::Cancelled) => {
+                spans::failed(&span, "cancelled");
+                return Err(Stop::Cancelled);
+            }
+            Err(e) => {
+                spans::failed(&span, "tool_error");
+                (format!("error: {e}"), false)
+            }
         };
         self.journal.append(
             StepKind::ToolResult,

@@ -15,6 +15,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::ModelArgs;
+use crate::telemetry::Telemetry;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -51,6 +52,10 @@ pub struct BackendArgs {
     /// comma-separated; none given, http_fetch is not offered by default).
     #[arg(long = "allow-host", value_name = "HOST", value_delimiter = ',')]
     pub allow_host: Vec<String>,
+    /// Export the task's spans (task, steps, model and tool calls) by OTLP/HTTP to this
+    /// collector, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `$AUTOGLM_HOME`, default `~/.local/share/autoglm`: the database and task workspaces.
@@ -251,6 +256,8 @@ fn live_line(e: &Event) -> Option<String> {
             p["n"]
         ),
         StepKind::Final => format!("done: {}", p["status"].as_str()?),
+        // The server's, after the task's end.
+        StepKind::Webhook => return None,
     })
 }
 
@@ -315,13 +322,17 @@ pub fn run(
     if goal.trim().is_empty() {
         bail!("the goal is empty");
     }
+    let mut telemetry = Telemetry::init(b.otlp_endpoint.as_deref())?;
     let store = open_store()?;
     let rt = runtime()?;
     let agent = rt.block_on(agent(b, store))?;
     let o = drive(&rt, &agent, agent.run(goal, workspace))?;
-    print_outcome(&o, json_out);
     // Dropped inside the runtime: closing MCP connections (and stdio servers) spawns tasks.
     rt.block_on(async move { drop(agent) });
+    // The task's spans are sent before the answer is printed: a caller that reads the answer
+    // and stops the collector finds them all there.
+    telemetry.shutdown();
+    print_outcome(&o, json_out);
     Ok(o.status == Status::Succeeded)
 }
 
@@ -340,6 +351,7 @@ pub fn resume(b: &BackendArgs, id: Option<&str>, json_out: bool) -> Result<bool>
         eprintln!("no unfinished tasks");
         return Ok(true);
     }
+    let mut telemetry = Telemetry::init(b.otlp_endpoint.as_deref())?;
     let rt = runtime()?;
     let agent = rt.block_on(agent(b, store))?;
     let mut all_ok = true;
@@ -350,6 +362,7 @@ pub fn resume(b: &BackendArgs, id: Option<&str>, json_out: bool) -> Result<bool>
         all_ok &= o.status == Status::Succeeded;
     }
     rt.block_on(async move { drop(agent) });
+    telemetry.shutdown();
     Ok(all_ok)
 }
 

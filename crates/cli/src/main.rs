@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod keys_cmd;
 mod model_cmd;
+mod telemetry;
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -148,6 +149,22 @@ enum Command {
         /// loopback; see `autoglm keys`).
         #[arg(long)]
         no_auth: bool,
+        /// Export task spans (task, steps, model and tool calls) by OTLP/HTTP to this
+        /// collector, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        /// Key of the HMAC-SHA256 signature of task webhooks (default: $AUTOGLM_WEBHOOK_SECRET,
+        /// which keeps it out of the process list); without one, webhooks are refused.
+        #[arg(long, value_name = "SECRET")]
+        webhook_secret: Option<String>,
+        /// Hosts task webhooks may be sent to: example.org, *.example.org, host:port
+        /// (repeatable or comma-separated; none by default, so webhooks are refused).
+        #[arg(
+            long = "webhook-allow-host",
+            value_name = "HOST",
+            value_delimiter = ','
+        )]
+        webhook_allow_host: Vec<String>,
     },
     /// Manage API keys: create, list, revoke.
     Keys {
@@ -374,10 +391,20 @@ fn run(cli: Cli) -> Result<()> {
             task_workers,
             max_queued_tasks,
             no_auth,
+            otlp_endpoint,
+            webhook_secret,
+            webhook_allow_host,
         } => {
             if task_workers == 0 {
                 bail!("--task-workers must be at least 1");
             }
+            for h in &webhook_allow_host {
+                autoglm_tools::HostPattern::parse(h)
+                    .map_err(|e| anyhow::anyhow!("--webhook-allow-host: {e}"))?;
+            }
+            let webhook_secret = webhook_secret
+                .or_else(|| std::env::var("AUTOGLM_WEBHOOK_SECRET").ok())
+                .filter(|s| !s.is_empty());
             let path = resolve(&model.model)?;
             let loaded = autoglm_model::Model::load(&path)
                 .with_context(|| format!("loading {}", path.display()))?;
@@ -421,6 +448,11 @@ fn run(cli: Cli) -> Result<()> {
             let tasks = autoglm_server::TasksConfig {
                 workers: task_workers,
                 max_queued: max_queued_tasks,
+                webhooks: autoglm_server::WebhookConfig {
+                    secret: webhook_secret,
+                    allow_hosts: webhook_allow_host,
+                    ..Default::default()
+                },
                 agent: autoglm_agent::AgentConfig {
                     workspaces: agent_cmd::home()?.join("workspaces"),
                     ..Default::default()
@@ -434,13 +466,19 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(autoglm_server::serve(state, addr, |a| {
+            let mut telemetry = telemetry::Telemetry::init(otlp_endpoint.as_deref())?;
+            let served = rt.block_on(autoglm_server::serve(state, addr, |a| {
                 // One line: tests read it and close the pipe, and a later line would then fail.
                 eprintln!(
                     "serving {} on http://{a}/v1 — web UI at http://{a}/ (Ctrl-C to stop)",
                     model.model
                 );
-            }))?;
+            }));
+            // Tasks still running end (and close their spans) with the runtime; then the
+            // spans still queued are sent.
+            drop(rt);
+            telemetry.shutdown();
+            served?;
             Ok(())
         }
         Command::Model { command } => model_cmd::run(command),

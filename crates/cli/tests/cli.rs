@@ -1,6 +1,8 @@
 //! End-to-end tests of the `autoglm` binary: the command-line contract (exact output forms and
 //! exit codes) on the real catalogue models, and clear errors for bad input.
 
+mod otlp;
+
 use std::process::{Command, Output};
 
 use autoglm_testkit::reference;

@@ -72,6 +72,15 @@ impl LlmClient for EmbeddedClient {
         format!("embedded {}", self.engine.model_name())
     }
 
+    fn model(&self) -> String {
+        self.engine.model_name().to_string()
+    }
+
+    /// The engine in this process.
+    fn provider(&self) -> &'static str {
+        "autoglm"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities { constrained: true }
     }

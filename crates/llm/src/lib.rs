@@ -73,6 +73,16 @@ pub trait LlmClient: Send + Sync {
     /// For traces and logs, e.g. "embedded smollm2-135m".
     fn describe(&self) -> String;
 
+    /// The model's name as traces report it (`gen_ai.request.model`).
+    fn model(&self) -> String {
+        self.describe()
+    }
+
+    /// Who serves the model, as traces report it (`gen_ai.provider.name`).
+    fn provider(&self) -> &'static str {
+        "unknown"
+    }
+
     fn capabilities(&self) -> Capabilities;
 
     /// Completes one chat turn. Text is sent to `deltas` as it arrives when given.

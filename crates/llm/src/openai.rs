@@ -440,6 +440,14 @@ impl LlmClient for OpenAiClient {
         format!("openai {} at {}", self.cfg.model, self.cfg.base_url)
     }
 
+    fn model(&self) -> String {
+        self.cfg.model.clone()
+    }
+
+    fn provider(&self) -> &'static str {
+        "openai"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             constrained: self.cfg.constrained,

@@ -62,6 +62,10 @@ impl LlmClient for ScriptedClient {
         "scripted".into()
     }
 
+    fn provider(&self) -> &'static str {
+        "scripted"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities { constrained: false }
     }

@@ -33,12 +33,14 @@ pub mod auth;
 mod error;
 mod memories;
 pub mod openapi;
+mod queue;
 mod routes;
 mod runner;
 mod schemas;
 mod status;
 mod tasks;
 mod ui;
+mod webhook;
 mod wire;
 
 use std::net::SocketAddr;
@@ -56,6 +58,7 @@ use utoipa_axum::routes;
 pub use auth::AuthMode;
 pub use error::ApiError;
 pub use runner::TasksConfig;
+pub use webhook::{SIGNATURE_HEADER, WebhookConfig, signature};
 
 /// Request bodies larger than this are refused (413) before parsing.
 pub const BODY_LIMIT: usize = 4 << 20;
@@ -154,7 +157,13 @@ impl AppState {
                 .map_or(0, |d| d.as_secs()),
             auth: Arc::new(auth::Auth::new(auth, store.clone())),
             store,
-            tasks: Arc::new(runner::Runner::new(agent, tasks.workers, tasks.max_queued)),
+            tasks: Arc::new(runner::Runner::new(
+                agent,
+                tasks.workers,
+                tasks.max_queued,
+                tasks.priority_step,
+                tasks.webhooks,
+            )),
             load: Default::default(),
         })
     }

@@ -1,27 +1,35 @@
-//! The task worker pool: a bounded queue of submitted tasks ordered by priority class, N
-//! workers driving tasks to their end through the agent, restart recovery (unfinished tasks
+//! The task worker pool: a bounded queue of submitted tasks ordered by priority class with
+//! ageing (`queue.rs`), N workers driving tasks to their end through the agent, restart recovery (unfinished tasks
 //! re-enqueued at start; the agent resumes them from their journals), and the task metrics.
 //!
 //! Tasks' model calls go through the agent's [`LlmClient`] — by default the embedded client
 //! over the same engine handle the OpenAI API uses, so task steps and API requests are batched
 //! into the same forward steps.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use autoglm_agent::{Agent, AgentConfig, AgentError, StepKind, TaskSpec, UNFINISHED};
 use autoglm_llm::LlmClient;
-use autoglm_store::TaskRow;
+use autoglm_store::{TaskRow, now_ms};
 use autoglm_tools::ToolRegistry;
 
-/// How the pool is set up. `Default`: two workers, 64 queued tasks, the embedded model.
+use crate::queue::TaskQueue;
+use crate::webhook::{WebhookConfig, WebhookMetrics, Webhooks};
+
+/// How the pool is set up. `Default`: two workers, 64 queued tasks, a 60 s priority step,
+/// the embedded model.
 pub struct TasksConfig {
     /// Tasks running at once.
     pub workers: usize,
     /// Submitted tasks allowed to wait for a worker; past it a submission gets 429.
     pub max_queued: usize,
+    /// Waiting this long raises a queued task by one priority class (see `queue.rs`).
+    pub priority_step: Duration,
+    /// Where and how task webhooks may be delivered (default: nowhere).
+    pub webhooks: WebhookConfig,
     /// The model tasks use (`None`: the embedded client over the server's engine).
     pub llm: Option<Arc<dyn LlmClient>>,
     /// The tools tasks may use (`None`: the built-ins and memory).
@@ -35,6 +43,8 @@ impl Default for TasksConfig {
         TasksConfig {
             workers: 2,
             max_queued: 64,
+            priority_step: Duration::from_secs(60),
+            webhooks: WebhookConfig::default(),
             llm: None,
             tools: None,
             agent: AgentConfig::default(),
@@ -42,8 +52,8 @@ impl Default for TasksConfig {
     }
 }
 
-/// Queue order: every interactive task before any batch task before any background task;
-/// first come, first served within a class.
+/// Queue classes: interactive before batch before background, each class worth
+/// [`TasksConfig::priority_step`] of waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TaskPriority {
     Interactive = 0,
@@ -82,33 +92,42 @@ pub(crate) enum Refused {
 
 pub(crate) struct Runner {
     pub(crate) agent: Agent,
-    queue: Mutex<[VecDeque<String>; 3]>,
+    queue: Mutex<TaskQueue>,
     wake: tokio::sync::Notify,
     max_queued: usize,
     workers: usize,
     started: AtomicBool,
     pub(crate) metrics: TaskMetrics,
+    pub(crate) webhooks: Arc<Webhooks>,
 }
 
 impl Runner {
-    pub(crate) fn new(agent: Agent, workers: usize, max_queued: usize) -> Runner {
+    pub(crate) fn new(
+        agent: Agent,
+        workers: usize,
+        max_queued: usize,
+        priority_step: Duration,
+        webhooks: WebhookConfig,
+    ) -> Runner {
+        let metrics = TaskMetrics::default();
         Runner {
             agent,
-            queue: Mutex::default(),
+            queue: Mutex::new(TaskQueue::new(priority_step)),
             wake: tokio::sync::Notify::new(),
             max_queued,
             workers: workers.max(1),
             started: AtomicBool::new(false),
-            metrics: TaskMetrics::default(),
+            webhooks: Arc::new(Webhooks::new(webhooks, metrics.webhooks.clone())),
+            metrics,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [VecDeque<String>; 3]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TaskQueue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn queued(&self) -> usize {
-        self.lock().iter().map(VecDeque::len).sum()
+        self.lock().len()
     }
 
     /// Creates the task (status "queued") and queues it, or refuses when the queue is full.
@@ -119,7 +138,7 @@ impl Runner {
     ) -> Result<TaskRow, Refused> {
         // The check and the push under one lock: concurrent submissions cannot overfill.
         let mut q = self.lock();
-        let waiting: usize = q.iter().map(VecDeque::len).sum();
+        let waiting = q.len();
         if waiting >= self.max_queued {
             return Err(Refused::Full {
                 retry_after: self.metrics.expected_wait(waiting, self.workers),
@@ -131,7 +150,7 @@ impl Runner {
             .store()
             .task(&id)
             .map_err(|e| Refused::Agent(e.into()))?;
-        q[priority as usize].push_back(id);
+        q.push(id, priority, now_ms());
         drop(q);
         self.wake.notify_one();
         Ok(row)
@@ -139,23 +158,25 @@ impl Runner {
 
     /// Cancels a task: taken out of the queue if it waits there, stopped if it runs.
     pub(crate) fn cancel(&self, id: &str) -> Result<bool, AgentError> {
-        for class in self.lock().iter_mut() {
-            class.retain(|t| t != id);
-        }
-        self.agent.cancel(id)
+        self.lock().remove(id);
+        let cancelled = self.agent.cancel(id)?;
+        // A task nobody ran has ended now; a running one ends (and is reported) by its worker.
+        self.webhooks.task_ended(self.agent.store(), id);
+        Ok(cancelled)
     }
 
     fn pop(&self) -> Option<String> {
-        self.lock().iter_mut().find_map(VecDeque::pop_front)
+        self.lock().pop()
     }
 
     /// Starts the workers on the current runtime (once) and re-enqueues every unfinished task
-    /// of every tenant, oldest first; returns how many were re-enqueued.
+    /// of every tenant, aged from their creation; returns how many were re-enqueued.
     pub(crate) fn start(self: &Arc<Self>) -> Result<usize, AgentError> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Ok(0);
         }
         let mut unfinished = self.agent.store().tasks_with_status(UNFINISHED)?;
+        // Oldest first, so tasks created in the same millisecond keep their order.
         unfinished.reverse();
         let n = unfinished.len();
         {
@@ -165,7 +186,7 @@ impl Runner {
                     .as_str()
                     .and_then(TaskPriority::parse)
                     .unwrap_or(TaskPriority::Interactive);
-                q[p as usize].push_back(t.id);
+                q.push(t.id, p, t.created_ms);
             }
         }
         for _ in 0..self.workers {
@@ -219,6 +240,7 @@ impl Runner {
                     let steps = o.steps.iter().filter(|s| s["kind"] == "model_call").count();
                     self.metrics
                         .finished(o.status.as_str(), t0.elapsed(), steps as u64);
+                    self.webhooks.task_ended(self.agent.store(), &id);
                 }
                 // Cancelled while it waited, or already being run: nothing to do.
                 Err(AgentError::Ended(..) | AgentError::Busy(_)) => {}
@@ -289,6 +311,7 @@ pub(crate) struct TaskMetrics {
     pub(crate) running: AtomicU64,
     finished: Mutex<Finished>,
     tool_calls: Mutex<BTreeMap<(String, &'static str), u64>>,
+    pub(crate) webhooks: Arc<WebhookMetrics>,
 }
 
 impl Default for TaskMetrics {
@@ -302,6 +325,7 @@ impl Default for TaskMetrics {
                 steps: Histogram::new(&[1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 100.0]),
             }),
             tool_calls: Mutex::default(),
+            webhooks: Arc::default(),
         }
     }
 }
@@ -405,5 +429,6 @@ impl TaskMetrics {
                 "autoglm_task_tool_calls_total{{tool=\"{tool}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+        self.webhooks.render(out);
     }
 }

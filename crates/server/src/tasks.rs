@@ -235,11 +235,14 @@ fn validate(
             )
         })?,
     };
-    if req.webhook.is_some() {
-        return Err(ApiError::bad_param(
-            "webhook",
-            "webhooks are not supported yet; follow GET /v1/tasks/{id}/events instead",
-        ));
+    let mut meta = json!({"priority": priority.as_str()});
+    if let Some(w) = &req.webhook {
+        let url = st
+            .tasks
+            .webhooks
+            .check(w)
+            .map_err(|e| ApiError::bad_param("webhook", e))?;
+        meta["webhook"] = json!(url.as_str());
     }
     Ok((
         TaskSpec {
@@ -251,7 +254,7 @@ fn validate(
             max_steps,
             max_tokens,
             max_duration,
-            meta: json!({"priority": priority.as_str()}),
+            meta,
         },
         priority,
     ))
@@ -320,6 +323,7 @@ fn task_json(st: &AppState, t: &TaskRow) -> Result<Value, ApiError> {
         "steps": o.steps.iter().filter(|s| s["kind"] == "model_call").count(),
         "tool_calls": tool_calls,
         "pending_approvals": pending,
+        "webhook": t.settings["meta"]["webhook"],
         "error": error,
     }))
 }

@@ -3,7 +3,8 @@
 //! and running), trace, approvals, metrics, a table of bad requests (4xx, never 5xx), a full
 //! queue (429), tenants (another tenant's task is a 404), and a restart mid-way (the runtime
 //! dropped with five tasks in flight, then a new server over the same database finishes them
-//! without repeating a completed model or tool call).
+//! without repeating a completed model or tool call), and webhooks (signed, retried, recorded)
+//! against a receiver on loopback.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,11 +18,12 @@ use autoglm_llm::{
 };
 use autoglm_model::Model;
 use autoglm_server::auth::{Principal, Scopes};
-use autoglm_server::{AppState, AuthMode, TasksConfig, app};
+use autoglm_server::{AppState, AuthMode, TasksConfig, WebhookConfig, app};
 use autoglm_store::Store;
 use autoglm_tools::{Tool, ToolContext, ToolError, ToolOutput, ToolRegistry};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -173,6 +175,25 @@ fn setup_in(
     workers: usize,
     max_queued: usize,
 ) -> Setup {
+    setup_with(
+        dir,
+        counted,
+        llm,
+        workers,
+        max_queued,
+        WebhookConfig::default(),
+    )
+}
+
+/// [`setup_in`] with webhooks configured.
+fn setup_with(
+    dir: Arc<tempfile::TempDir>,
+    counted: Arc<AtomicUsize>,
+    llm: Arc<Scripted>,
+    workers: usize,
+    max_queued: usize,
+    webhooks: WebhookConfig,
+) -> Setup {
     let store = Arc::new(Store::open(&dir.path().join("state.db")).expect("store"));
     let mut tools = ToolRegistry::new();
     tools.add(Arc::new(autoglm_tools::Calculator));
@@ -191,6 +212,8 @@ fn setup_in(
                 workspaces: dir.path().join("ws"),
                 ..AgentConfig::default()
             },
+            webhooks,
+            ..TasksConfig::default()
         },
     );
     Setup {
@@ -1105,4 +1128,231 @@ fn tasks_survive_a_restart_mid_way() {
         assert_eq!(counted.load(Ordering::SeqCst), tool_results);
     });
     let _ = &dir;
+}
+
+/// One request the webhook receiver got.
+#[derive(Debug, Clone)]
+struct Hook {
+    path: String,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+/// A webhook receiver on loopback answering by path: `/ok` 200, `/flaky` 500 twice then 200,
+/// `/down` always 500, `/gone` 404, `/moved` a redirect to `/ok`.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    got: Arc<std::sync::Mutex<Vec<Hook>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let got: Arc<std::sync::Mutex<Vec<Hook>>> = Arc::default();
+        let g = got.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+                let g = g.clone();
+                async move {
+                    let path = uri.path().to_string();
+                    let mut all = g.lock().unwrap();
+                    all.push(Hook {
+                        path: path.clone(),
+                        headers,
+                        body,
+                    });
+                    let seen = all.iter().filter(|h| h.path == path).count();
+                    match path.as_str() {
+                        "/ok" => StatusCode::OK.into_response(),
+                        "/flaky" if seen > 2 => StatusCode::NO_CONTENT.into_response(),
+                        "/gone" => StatusCode::NOT_FOUND.into_response(),
+                        "/moved" => (StatusCode::FOUND, [("location", "/ok")]).into_response(),
+                        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    }
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { addr, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn hits(&self, path: &str) -> Vec<Hook> {
+        let all = self.got.lock().unwrap();
+        all.iter().filter(|h| h.path == path).cloned().collect()
+    }
+}
+
+const SECRET: &str = "test-secret";
+
+fn hooks_setup(llm: Arc<Scripted>, workers: usize, rx: &Receiver, backoff_ms: u64) -> Setup {
+    setup_with(
+        Arc::new(tempfile::tempdir().expect("tempdir")),
+        Arc::default(),
+        llm,
+        workers,
+        16,
+        WebhookConfig {
+            secret: Some(SECRET.into()),
+            allow_hosts: vec![rx.addr.to_string()],
+            timeout: Duration::from_secs(5),
+            retries: 2,
+            backoff: Duration::from_millis(backoff_ms),
+        },
+    )
+}
+
+/// The task's `webhook` record, once it is journaled.
+async fn delivery(st: &Arc<AppState>, id: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let recs = st.store().records(id).unwrap();
+        if let Some(r) = recs.iter().find(|r| r.kind == "webhook") {
+            return r.payload.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no delivery for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_finished_task_posts_a_signed_webhook_retried_after_5xx_without_holding_workers() {
+    let rx = Receiver::start().await;
+    // One worker, and backoff long enough that a second task finishes mid-delivery.
+    let s = hooks_setup(Scripted::new(1, 0, 10_000), 1, &rx, 400);
+    s.state.start_tasks().unwrap();
+    let id = submit(
+        &s.state,
+        json!({"goal": "first", "webhook": rx.url("/flaky")}),
+    )
+    .await;
+    let t = wait_status(&s.state, &id, &["succeeded"]).await;
+    assert_eq!(t["webhook"], rx.url("/flaky"));
+    let second = submit(&s.state, json!({"goal": "second"})).await;
+    wait_status(&s.state, &second, &["succeeded"]).await;
+    assert!(
+        rx.hits("/flaky").len() < 3,
+        "the worker waited for the webhook's retries"
+    );
+
+    let d = delivery(&s.state, &id).await;
+    assert_eq!(d["ok"], true, "{d}");
+    assert_eq!(d["attempts"], 3, "{d}");
+    assert_eq!(d["status"], 204, "{d}");
+    let hits = rx.hits("/flaky");
+    assert_eq!(hits.len(), 3);
+    for (i, h) in hits.iter().enumerate() {
+        assert_eq!(h.body, hits[0].body, "every attempt sends the same body");
+        assert_eq!(
+            h.headers["x-autoglm-signature"],
+            autoglm_server::signature(SECRET, h.body.as_bytes()).as_str()
+        );
+        assert_eq!(h.headers["content-type"], "application/json");
+        assert_eq!(h.headers["x-autoglm-task"], id.as_str());
+        assert_eq!(
+            h.headers["x-autoglm-delivery-attempt"],
+            (i + 1).to_string().as_str()
+        );
+    }
+    let body: Value = serde_json::from_str(&hits[0].body).unwrap();
+    let t = task(&s.state, &id).await;
+    assert_eq!(body["task_id"], id.as_str());
+    assert_eq!(body["tenant"], "default");
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["answer"], t["answer"]);
+    assert!(body["answer"].is_string());
+    assert_eq!(body["usage"], t["usage"]);
+    let finished = body["finished_at"].as_i64().unwrap();
+    assert!(
+        (t["created_at"].as_i64().unwrap()..=t["updated_at"].as_i64().unwrap()).contains(&finished)
+    );
+    // A forged signature would not match: the receiver can tell.
+    assert_ne!(
+        autoglm_server::signature("other", hits[0].body.as_bytes()),
+        autoglm_server::signature(SECRET, hits[0].body.as_bytes())
+    );
+
+    // The outcome is in the events (replayed after the end) and the metrics.
+    let mut ev = open_events(&s.state, &id, None, "").await;
+    let events = read_events(&mut ev, 100).await;
+    let hook = events
+        .iter()
+        .find(|e| e.event == "webhook")
+        .expect("a webhook event");
+    assert_eq!(hook.data["ok"], true);
+    let m = call(&s.state, "GET", "/metrics", None).await.body;
+    assert!(
+        m.contains("autoglm_task_webhooks_total{outcome=\"delivered\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("autoglm_task_webhook_attempts_total 3"), "{m}");
+    // Delivered once: a later cancel of the ended task sends nothing more.
+    call(&s.state, "POST", &format!("/v1/tasks/{id}/cancel"), None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rx.hits("/flaky").len(), 3);
+}
+
+#[tokio::test]
+async fn webhook_failures_cancellations_and_refusals() {
+    let rx = Receiver::start().await;
+    let s = hooks_setup(Scripted::new(1, 0, 0), 1, &rx, 10);
+    s.state.start_tasks().unwrap();
+    // Refused at submission: not on the allowlist, not http, a host's other port.
+    let other_port = format!("http://{}:1/x", rx.addr.ip());
+    for bad in [
+        "http://169.254.169.254/latest/meta-data",
+        "file:///etc/passwd",
+        &other_port,
+    ] {
+        let r = call(
+            &s.state,
+            "POST",
+            "/v1/tasks",
+            Some(json!({"goal": "x", "webhook": bad})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+        assert_eq!(r.json()["error"]["param"], "webhook", "{}", r.body);
+    }
+    // The model is held, so the first task runs and the others wait in the queue.
+    let running = submit(&s.state, json!({"goal": "a", "webhook": rx.url("/down")})).await;
+    wait_status(&s.state, &running, &["running"]).await;
+    let cases = [("/gone", 404, 1), ("/moved", 302, 1)];
+    let mut queued = Vec::new();
+    for (path, _, _) in cases {
+        queued.push(submit(&s.state, json!({"goal": "b", "webhook": rx.url(path)})).await);
+    }
+    for ((path, status, attempts), id) in cases.iter().zip(&queued) {
+        call(&s.state, "POST", &format!("/v1/tasks/{id}/cancel"), None).await;
+        let d = delivery(&s.state, id).await;
+        assert_eq!(d["ok"], false, "{path}: {d}");
+        assert_eq!(d["status"], *status, "{path}: {d}");
+        assert_eq!(
+            d["attempts"], *attempts,
+            "{path}: no retry of a final answer: {d}"
+        );
+        let body: Value = serde_json::from_str(&rx.hits(path)[0].body).unwrap();
+        assert_eq!(body["status"], "cancelled");
+        assert!(body["answer"].is_null());
+    }
+    assert!(rx.hits("/ok").is_empty(), "the redirect was not followed");
+    s.llm.open();
+    wait_status(&s.state, &running, &["succeeded"]).await;
+    let d = delivery(&s.state, &running).await;
+    assert_eq!(d["ok"], false, "{d}");
+    assert_eq!(d["attempts"], 3, "1 + 2 retries: {d}");
+    assert_eq!(d["status"], 500, "{d}");
+    assert_eq!(rx.hits("/down").len(), 3);
+    let m = call(&s.state, "GET", "/metrics", None).await.body;
+    assert!(
+        m.contains("autoglm_task_webhooks_total{outcome=\"failed\"} 3"),
+        "{m}"
+    );
 }
