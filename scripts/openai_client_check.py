@@ -63,8 +63,11 @@ def main():
     print("prefix cache: ok", again.usage.prompt_tokens_details.cached_tokens, "cached prompt tokens")
 
     ask = [{"role": "user", "content": "What's the weather in Rome?"}]
+    # One city, one call: without parallel_tool_calls=False a sampled second call may be cut
+    # off by max_tokens (finish_reason "length"), which is right but not what this checks.
     r = client.chat.completions.create(model="default", messages=ask, tools=TOOLS,
-                                       tool_choice="required", seed=3, max_tokens=60)
+                                       tool_choice="required", parallel_tool_calls=False,
+                                       seed=3, max_tokens=60)
     calls = r.choices[0].message.tool_calls
     assert r.choices[0].finish_reason == "tool_calls" and calls, r
     args = json.loads(calls[0].function.arguments)

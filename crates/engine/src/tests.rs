@@ -117,7 +117,11 @@ fn batched_decoding_equals_sequential_decoding() {
             .zip(&one_by_one[i])
             .take_while(|(a, b)| a == b)
             .count();
-        assert!(common >= 16, "sequence {i}: only {common} tokens in common");
+        // (A sequence that ends early, at an end-of-generation token, must then be identical.)
+        assert!(
+            common >= 16 || g.tokens == one_by_one[i],
+            "sequence {i}: only {common} tokens in common"
+        );
         assert_eq!(streamed[i], g.text);
     }
 }

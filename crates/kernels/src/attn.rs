@@ -415,6 +415,27 @@ mod tests {
         }
     }
 
+    /// A query row's results do not depend on the rows computed beside it (the engine's
+    /// batched decoding equals decoding alone only if this holds bit for bit).
+    #[test]
+    fn a_rows_results_do_not_depend_on_its_neighbours() {
+        let (hd, npos) = (64, 150);
+        let (h, _, _) = planes(3, npos * hd);
+        let offs: Vec<usize> = (0..npos).map(|p| p * hd).collect();
+        let q = values(5, 3 * hd);
+        let w = values(9, 3 * npos);
+        let kv = KvRows::F16(&h);
+        let (mut s3, mut s1) = (vec![0.0; 3 * npos], vec![0.0; npos]);
+        scores(&q, 3, hd, kv, &offs, &mut s3);
+        scores(&q[hd..2 * hd], 1, hd, kv, &offs, &mut s1);
+        let (mut o3, mut o1) = (vec![0.0; 3 * hd], vec![0.0; hd]);
+        weighted_sum(&w, 3, hd, kv, &offs, &mut o3);
+        weighted_sum(&w[npos..2 * npos], 1, hd, kv, &offs, &mut o1);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&s1), bits(&s3[npos..2 * npos]));
+        assert_eq!(bits(&o1), bits(&o3[hd..2 * hd]));
+    }
+
     #[test]
     fn scores_agree_with_a_direct_dot_product() {
         // A hand-checkable case: one query row of ones against rows 0..4 of a plane whose
