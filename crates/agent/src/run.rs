@@ -309,12 +309,17 @@ pub(crate) fn outcome_from(task: &TaskRow, records: &[Record]) -> TaskOutcome {
 }
 
 /// The answer without a wrapper echoed from the conversation format: small models asked for
-/// text right after a tool result sometimes answer `<tool_response>391</tool_response>`.
+/// text right after a tool result sometimes answer `<tool_response>391</tool_response>`, or
+/// `391` followed by the closing tag alone.
 fn unwrap_echo(text: &str) -> &str {
     let t = text.trim();
-    t.strip_prefix("<tool_response>")
+    if let Some(inner) = t
+        .strip_prefix("<tool_response>")
         .and_then(|r| r.strip_suffix("</tool_response>"))
-        .map_or(t, str::trim)
+    {
+        return inner.trim();
+    }
+    t.strip_suffix("</tool_response>").map_or(t, str::trim)
 }
 
 /// Whether `text` names the tool `name`: its name itself, or every word of it in any order
@@ -987,6 +992,7 @@ mod tests {
             "391"
         );
         assert_eq!(super::unwrap_echo(" 391 "), "391");
+        assert_eq!(super::unwrap_echo("391\n</tool_response>"), "391");
         assert_eq!(
             super::unwrap_echo("<tool_response>half"),
             "<tool_response>half"

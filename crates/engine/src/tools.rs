@@ -19,6 +19,9 @@ use crate::{EngineError, Grammar};
 
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";
 pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+/// Around each tool result shown to the model.
+pub const TOOL_RESPONSE_OPEN: &str = "<tool_response>";
+pub const TOOL_RESPONSE_CLOSE: &str = "</tool_response>";
 
 /// A function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -266,7 +269,7 @@ pub fn messages_with_tools(messages: &[ChatMessage], tools: &[ToolSpec]) -> Vec<
             }
             "tool" => (
                 "user",
-                format!("<tool_response>\n{}\n</tool_response>", m.content),
+                format!("{TOOL_RESPONSE_OPEN}\n{}\n{TOOL_RESPONSE_CLOSE}", m.content),
             ),
             r => (r, m.content.clone()),
         };
@@ -333,6 +336,11 @@ pub fn parse_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
         }
     }
     content.push_str(rest);
+    // The tool results the model was shown are wrapped in these tags, and small models echo
+    // them after repeating a result ("391\n</tool_response>"); they are never an answer's text.
+    for tag in [TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE] {
+        content = content.replace(tag, "");
+    }
     (content.trim().to_string(), calls)
 }
 
@@ -382,6 +390,9 @@ mod tests {
             );
         };
         check("plain answer", "plain answer", &[]);
+        // Echoed result tags are dropped.
+        check("391\n</tool_response>", "391", &[]);
+        check("<tool_response>\n42\n</tool_response>", "42", &[]);
         check(
             "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>",
             "",
