@@ -141,17 +141,14 @@ pub fn weighted_sum_with(
         "weighted_sum: short buffers"
     );
     kv.check(offs, hd);
-    out[..rows * hd].fill(0.0);
-    if n == 0 || rows == 0 {
-        return;
-    }
     #[cfg(target_arch = "x86_64")]
-    if avx512(be, hd) {
+    if n > 0 && avx512(be, hd) {
         // SAFETY: as in `scores_with`.
         unsafe { x86::weighted_sum(w, rows, hd, kv, offs, out) };
         return;
     }
     let _ = be;
+    out[..rows * hd].fill(0.0);
     for r in 0..rows {
         let o = &mut out[r * hd..(r + 1) * hd];
         for (i, &off) in offs.iter().enumerate() {
@@ -307,8 +304,8 @@ mod x86 {
     }
 
     /// # Safety
-    /// AVX-512F; buffers and rows as checked by `weighted_sum_with`; `hd % 16 == 0`; `out`
-    /// zeroed.
+    /// AVX-512F; buffers and rows as checked by `weighted_sum_with`; `hd % 16 == 0`. Every
+    /// one of the `rows * hd` outputs is stored, so `out` need not be zeroed first.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma,avx2")]
     pub(super) unsafe fn weighted_sum(
         w: &[f32],
