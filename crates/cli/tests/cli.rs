@@ -23,6 +23,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Fails, showing the whole stderr, unless it contains `needle`.
+#[track_caller]
+fn assert_stderr_has(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(err.contains(needle), "{needle:?} not in: {err}");
+}
+
 /// Makes sure the catalogue models are in the cache before the binary needs them.
 fn ensure(name: &str) {
     autoglm_testkit::model_path(name);
@@ -269,11 +276,7 @@ fn a_model_without_a_chat_template_gets_a_builtin_one() {
         "Hi",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("no chat template of its own"),
-        "{}",
-        stderr(&o)
-    );
+    assert_stderr_has(&o, "no chat template of its own");
 }
 
 /// `autoglm serve` on a free port, driven by the official `openai` Python package
@@ -461,11 +464,7 @@ fn api_keys_from_the_command_line_guard_the_server() {
         key.starts_with("agk_") && !key.contains(char::is_whitespace),
         "{key}"
     );
-    assert!(
-        stderr(&o).contains("will not be shown again"),
-        "{}",
-        stderr(&o)
-    );
+    assert_stderr_has(&o, "will not be shown again");
     let bad = autoglm_in(
         home.path(),
         &["keys", "create", "--tenant", "acme", "--scopes", "root"],
@@ -735,23 +734,14 @@ fn mcp_config_and_allowed_hosts_are_checked_before_any_model_loads() {
     };
     let o = run(&["--allow-host", "docs.invalid,https://example.org"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("allowed host \"https://example.org\": give a host name"),
-        "{}",
-        stderr(&o)
-    );
+    assert_stderr_has(&o, "allowed host \"https://example.org\": give a host name");
     // An explicit configuration that is missing is an error; the default one is optional.
     let o = run(&["--mcp-config", "/nonexistent/mcp.json", "--tools", "x"]);
-    assert!(
-        stderr(&o).contains("cannot read /nonexistent/mcp.json"),
-        "{}",
-        stderr(&o)
-    );
+    assert_stderr_has(&o, "cannot read /nonexistent/mcp.json");
     let o = run(&["--tools", "http_fetch,teleport"]);
-    assert!(
-        stderr(&o).contains("warning: http_fetch refuses every URL until hosts are allowed"),
-        "{}",
-        stderr(&o)
+    assert_stderr_has(
+        &o,
+        "warning: http_fetch refuses every URL until hosts are allowed",
     );
 
     // The default $AUTOGLM_HOME/mcp.json: checked, and a server that cannot start is a warning
@@ -762,11 +752,7 @@ fn mcp_config_and_allowed_hosts_are_checked_before_any_model_loads() {
     )
     .unwrap();
     let o = run(&["--tools", "teleport"]);
-    assert!(
-        stderr(&o).contains("mcp.json: server \"a\": needs \"command\""),
-        "{}",
-        stderr(&o)
-    );
+    assert_stderr_has(&o, "mcp.json: server \"a\": needs \"command\"");
     std::fs::write(
         home.path().join("mcp.json"),
         "{\"mcpServers\": {\"gone\": {\"command\": \"/nonexistent/server\"}}}",
