@@ -169,27 +169,56 @@ mod x86 {
     /// Query rows per pass (with 4 positions: 16 accumulators).
     const R: usize = 4;
 
-    /// 16 values of a cache row from element `at` (a multiple of 16) as f32.
+    /// Raw pointers to a plane: f16 bits (`h`), or 8-bit values (`q`) with their scales (`d`).
+    #[derive(Clone, Copy)]
+    struct Plane {
+        h: *const u16,
+        q: *const i8,
+        d: *const u16,
+    }
+
+    impl Plane {
+        fn of(kv: KvRows) -> (Plane, bool) {
+            match kv {
+                KvRows::F16(h) => (
+                    Plane {
+                        h: h.as_ptr(),
+                        q: std::ptr::null(),
+                        d: std::ptr::null(),
+                    },
+                    false,
+                ),
+                KvRows::Q8 { q, d } => (
+                    Plane {
+                        h: std::ptr::null(),
+                        q: q.as_ptr(),
+                        d: d.as_ptr(),
+                    },
+                    true,
+                ),
+            }
+        }
+    }
+
+    /// 16 values of a cache row from element `at` (a multiple of 16) as f32; `Q8` says which
+    /// storage `p` has, as a constant so that the kernels' loops carry no branch on it.
     ///
     /// # Safety
     /// `at + 16` must be inside the plane; AVX-512F.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma,avx2")]
-    unsafe fn load(kv: KvRows, at: usize) -> __m512 {
+    unsafe fn load<const Q8: bool>(p: Plane, at: usize) -> __m512 {
         // SAFETY: forwarded caller contract (rows were bounds-checked by `KvRows::check`).
         unsafe {
-            match kv {
-                KvRows::F16(h) => {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().add(at) as *const __m256i))
-                }
-                KvRows::Q8 { q, d } => {
-                    let v = _mm_loadu_si128(q.as_ptr().add(at) as *const __m128i);
-                    let s = crate::f16::f16_to_f32(*d.get_unchecked(at / Q8_BLOCK));
-                    _mm512_mul_ps(
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)),
-                        _mm512_set1_ps(s),
-                    )
-                }
+            if Q8 {
+                let v = _mm_loadu_si128(p.q.add(at) as *const __m128i);
+                let s = crate::f16::f16_to_f32(*p.d.add(at / Q8_BLOCK));
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)),
+                    _mm512_set1_ps(s),
+                )
+            } else {
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.h.add(at) as *const __m256i))
             }
         }
     }
@@ -250,56 +279,85 @@ mod x86 {
         offs: &[usize],
         out: &mut [f32],
     ) {
-        let n = offs.len();
-        let chunks = hd / 16;
-        // Past the last position, blocks of 16 repeat the last row; those sums are not stored.
-        let off = |p: usize| offs[p.min(n - 1)];
+        let (p, q8) = Plane::of(kv);
         let mut r0 = 0;
         while r0 < rows {
             let nr = R.min(rows - r0);
-            for p0 in (0..n).step_by(16) {
-                let mut z = [[_mm512_setzero_ps(); 4]; R];
-                for quad in 0..4 {
-                    let base = p0 + 4 * quad;
-                    if base >= n {
-                        break;
-                    }
-                    let o = [off(base), off(base + 1), off(base + 2), off(base + 3)];
-                    let mut acc = [[_mm512_setzero_ps(); 4]; R];
-                    for c in 0..chunks {
-                        // SAFETY: rows are in bounds (checked) and c * 16 + 16 <= hd.
-                        let k = unsafe {
-                            [
-                                load(kv, o[0] + 16 * c),
-                                load(kv, o[1] + 16 * c),
-                                load(kv, o[2] + 16 * c),
-                                load(kv, o[3] + 16 * c),
-                            ]
-                        };
-                        for (r, a) in acc.iter_mut().enumerate().take(nr) {
-                            // SAFETY: (r0 + r) < rows and q holds rows * hd values.
-                            let qv =
-                                unsafe { _mm512_loadu_ps(q.as_ptr().add((r0 + r) * hd + 16 * c)) };
-                            for j in 0..4 {
-                                a[j] = _mm512_fmadd_ps(qv, k[j], a[j]);
-                            }
-                        }
-                    }
-                    for (zr, a) in z.iter_mut().zip(&acc).take(nr) {
-                        zr[quad] = fold4(*a);
-                    }
-                }
-                let live = (n - p0).min(16);
-                let mask: __mmask16 = if live == 16 { 0xFFFF } else { (1 << live) - 1 };
-                for (r, zr) in z.iter().enumerate().take(nr) {
-                    let s = finish16(*zr);
-                    // SAFETY: out holds rows * n values; lanes past n are masked off.
-                    unsafe {
-                        _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * n + p0), mask, s)
-                    };
+            // SAFETY: forwarded caller contract; r0 + nr <= rows.
+            unsafe {
+                match (q8, nr) {
+                    (false, 1) => scores_pass::<false, 1>(q, r0, hd, p, offs, out),
+                    (false, 2) => scores_pass::<false, 2>(q, r0, hd, p, offs, out),
+                    (false, 3) => scores_pass::<false, 3>(q, r0, hd, p, offs, out),
+                    (false, _) => scores_pass::<false, 4>(q, r0, hd, p, offs, out),
+                    (true, 1) => scores_pass::<true, 1>(q, r0, hd, p, offs, out),
+                    (true, 2) => scores_pass::<true, 2>(q, r0, hd, p, offs, out),
+                    (true, 3) => scores_pass::<true, 3>(q, r0, hd, p, offs, out),
+                    (true, _) => scores_pass::<true, 4>(q, r0, hd, p, offs, out),
                 }
             }
             r0 += nr;
+        }
+    }
+
+    /// Query rows `r0..r0 + NR` against every position. The row count is a constant so that
+    /// the accumulators stay in registers (with a run-time count the compiler kept them, and
+    /// the loaded rows, on the stack: twice the time).
+    ///
+    /// # Safety
+    /// As for [`scores`], with `r0 + NR <= rows`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma,avx2")]
+    unsafe fn scores_pass<const Q8: bool, const NR: usize>(
+        q: &[f32],
+        r0: usize,
+        hd: usize,
+        p: Plane,
+        offs: &[usize],
+        out: &mut [f32],
+    ) {
+        let n = offs.len();
+        let chunks = hd / 16;
+        // Past the last position, blocks of 16 repeat the last row; those sums are not stored.
+        let off = |i: usize| offs[i.min(n - 1)];
+        for p0 in (0..n).step_by(16) {
+            let mut z = [[_mm512_setzero_ps(); 4]; NR];
+            for quad in 0..4 {
+                let base = p0 + 4 * quad;
+                if base >= n {
+                    break;
+                }
+                let o = [off(base), off(base + 1), off(base + 2), off(base + 3)];
+                let mut acc = [[_mm512_setzero_ps(); 4]; NR];
+                for c in 0..chunks {
+                    // SAFETY: rows are in bounds (checked) and c * 16 + 16 <= hd.
+                    let k = unsafe {
+                        [
+                            load::<Q8>(p, o[0] + 16 * c),
+                            load::<Q8>(p, o[1] + 16 * c),
+                            load::<Q8>(p, o[2] + 16 * c),
+                            load::<Q8>(p, o[3] + 16 * c),
+                        ]
+                    };
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: r0 + r < rows and q holds rows * hd values.
+                        let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add((r0 + r) * hd + 16 * c)) };
+                        for j in 0..4 {
+                            a[j] = _mm512_fmadd_ps(qv, k[j], a[j]);
+                        }
+                    }
+                }
+                for (zr, a) in z.iter_mut().zip(&acc) {
+                    zr[quad] = fold4(*a);
+                }
+            }
+            let live = (n - p0).min(16);
+            let mask: __mmask16 = if live == 16 { 0xFFFF } else { (1 << live) - 1 };
+            for (r, zr) in z.iter().enumerate() {
+                let s = finish16(*zr);
+                // SAFETY: out holds rows * n values; lanes past n are masked off.
+                unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + r) * n + p0), mask, s) };
+            }
         }
     }
 
@@ -315,42 +373,76 @@ mod x86 {
         offs: &[usize],
         out: &mut [f32],
     ) {
-        let n = offs.len();
-        // Up to 64 output values of up to 4 rows in registers per pass over the positions.
-        const C: usize = 4;
+        let (p, q8) = Plane::of(kv);
         let mut r0 = 0;
         while r0 < rows {
             let nr = R.min(rows - r0);
-            for c0 in (0..hd / 16).step_by(C) {
-                let nc = C.min(hd / 16 - c0);
-                let mut acc = [[_mm512_setzero_ps(); C]; R];
-                for (i, &o) in offs.iter().enumerate() {
-                    let mut v = [_mm512_setzero_ps(); C];
-                    for (c, vc) in v.iter_mut().enumerate().take(nc) {
-                        // SAFETY: the row is in bounds and (c0 + c) * 16 + 16 <= hd.
-                        *vc = unsafe { load(kv, o + 16 * (c0 + c)) };
-                    }
-                    for (r, a) in acc.iter_mut().enumerate().take(nr) {
-                        // SAFETY: w holds rows * n values.
-                        let wr = _mm512_set1_ps(unsafe { *w.get_unchecked((r0 + r) * n + i) });
-                        for c in 0..nc {
-                            a[c] = _mm512_fmadd_ps(wr, v[c], a[c]);
+            let mut c0 = 0;
+            while c0 < hd / 16 {
+                // Up to 64 output values of up to 4 rows in registers per pass.
+                let nc = 4.min(hd / 16 - c0);
+                macro_rules! pass {
+                    ($($nr:literal),*) => {
+                        match (q8, nr, nc) {
+                            $(
+                                (false, $nr, 1) => ws_pass::<false, $nr, 1>(w, r0, c0, hd, p, offs, out),
+                                (false, $nr, 2) => ws_pass::<false, $nr, 2>(w, r0, c0, hd, p, offs, out),
+                                (false, $nr, 3) => ws_pass::<false, $nr, 3>(w, r0, c0, hd, p, offs, out),
+                                (false, $nr, _) => ws_pass::<false, $nr, 4>(w, r0, c0, hd, p, offs, out),
+                                (true, $nr, 1) => ws_pass::<true, $nr, 1>(w, r0, c0, hd, p, offs, out),
+                                (true, $nr, 2) => ws_pass::<true, $nr, 2>(w, r0, c0, hd, p, offs, out),
+                                (true, $nr, 3) => ws_pass::<true, $nr, 3>(w, r0, c0, hd, p, offs, out),
+                                (true, $nr, _) => ws_pass::<true, $nr, 4>(w, r0, c0, hd, p, offs, out),
+                            )*
+                            _ => unreachable!("1 to {R} rows a pass"),
                         }
-                    }
+                    };
                 }
-                for (r, a) in acc.iter().enumerate().take(nr) {
-                    for (c, ac) in a.iter().enumerate().take(nc) {
-                        // SAFETY: out holds rows * hd values.
-                        unsafe {
-                            _mm512_storeu_ps(
-                                out.as_mut_ptr().add((r0 + r) * hd + 16 * (c0 + c)),
-                                *ac,
-                            )
-                        };
-                    }
-                }
+                // SAFETY: forwarded caller contract; r0 + nr <= rows, (c0 + nc) * 16 <= hd.
+                unsafe { pass!(1, 2, 3, 4) };
+                c0 += nc;
             }
             r0 += nr;
+        }
+    }
+
+    /// Rows `r0..r0 + NR`, output chunks `c0..c0 + NC` of 16 values, over every position; the
+    /// counts are constants for the same reason as in [`scores_pass`].
+    ///
+    /// # Safety
+    /// As for [`weighted_sum`], with `r0 + NR <= rows` and `(c0 + NC) * 16 <= hd`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma,avx2")]
+    unsafe fn ws_pass<const Q8: bool, const NR: usize, const NC: usize>(
+        w: &[f32],
+        r0: usize,
+        c0: usize,
+        hd: usize,
+        p: Plane,
+        offs: &[usize],
+        out: &mut [f32],
+    ) {
+        let n = offs.len();
+        let mut acc = [[_mm512_setzero_ps(); NC]; NR];
+        for (i, &o) in offs.iter().enumerate() {
+            // SAFETY: the row is in bounds and (c0 + c) * 16 + 16 <= hd.
+            let v: [__m512; NC] =
+                std::array::from_fn(|c| unsafe { load::<Q8>(p, o + 16 * (c0 + c)) });
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: w holds rows * n values.
+                let wr = _mm512_set1_ps(unsafe { *w.get_unchecked((r0 + r) * n + i) });
+                for c in 0..NC {
+                    a[c] = _mm512_fmadd_ps(wr, v[c], a[c]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (c, ac) in a.iter().enumerate() {
+                // SAFETY: out holds rows * hd values.
+                unsafe {
+                    _mm512_storeu_ps(out.as_mut_ptr().add((r0 + r) * hd + 16 * (c0 + c)), *ac)
+                };
+            }
         }
     }
 }
