@@ -85,13 +85,21 @@ pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
 }
 
 /// ggml: `sum += (ggml_float)(x*x)` in f64, `mean = (float)(sum/n)`, `1.0f/sqrtf(mean+eps)`.
-/// The loop is plain Rust: with f64 accumulation, order changes are far below f32 resolution.
+/// The SIMD path keeps eight f64 partial sums instead of one (the one chain of dependent f64
+/// additions cost a third of all the serial work in a decoding step); with f64 accumulation
+/// the order change is far below f32 resolution.
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
     if x.is_empty() {
         return 0.0;
     }
     let mut sum = 0f64;
-    for &v in x {
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd(default_backend()) {
+        // SAFETY: simd() confirmed AVX2+FMA.
+        (sum, i) = unsafe { avx2::sum_squares_f64(x) };
+    }
+    for &v in &x[i..] {
         sum += (v * v) as f64;
     }
     let mean = (sum / x.len() as f64) as f32;
@@ -325,6 +333,34 @@ pub fn f16_to_f32_row(src: &[u16], dst: &mut [f32]) {
     }
 }
 
+/// Converts an f32 row to f16 bits (round to nearest even, as [`f32_to_f16`]), with F16C
+/// where available. Panics on length mismatch.
+pub fn f32_to_f16_row(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16_row: length mismatch");
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd(default_backend()) {
+        // SAFETY: simd() confirmed AVX2+FMA+F16C.
+        i = unsafe { avx2::f32_to_f16_row(src, dst) };
+    }
+    for (d, &x) in dst[i..].iter_mut().zip(&src[i..]) {
+        *d = f32_to_f16(x);
+    }
+}
+
+/// Rounds every value to the nearest f16 (as [`crate::f16::round_f16`]) in place.
+pub fn round_f16_inplace(x: &mut [f32]) {
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd(default_backend()) {
+        // SAFETY: simd() confirmed AVX2+FMA+F16C.
+        i = unsafe { avx2::round_f16_inplace(x) };
+    }
+    for v in &mut x[i..] {
+        *v = f16_to_f32(f32_to_f16(*v));
+    }
+}
+
 /// `y += a * f32(x)` for an f16 row `x` (raw bits): attention's weighted sum of cached values
 /// accumulated in f32. Panics on length mismatch.
 pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
@@ -502,6 +538,61 @@ mod avx2 {
             i += 8;
         }
         i
+    }
+
+    /// f32 to f16 over whole groups of 8; returns the number of elements done.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn f32_to_f16_row(src: &[f32], dst: &mut [u16]) -> usize {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= len of both.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+            }
+            i += 8;
+        }
+        i
+    }
+
+    /// Rounds to f16 and back in place over whole groups of 8; returns the elements done.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn round_f16_inplace(x: &mut [f32]) -> usize {
+        let n = x.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= len.
+            unsafe {
+                let p = x.as_mut_ptr().add(i);
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(p));
+                _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        i
+    }
+
+    /// `sum((x * x) as f64)` over whole groups of 8 (squares in f32, as ggml, summed in eight
+    /// f64 lanes); returns the sum and the number of elements done.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn sum_squares_f64(x: &[f32]) -> (f64, usize) {
+        let n = x.len();
+        let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= len.
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let sq = _mm256_mul_ps(v, v);
+            lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+            hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)));
+            i += 8;
+        }
+        let mut lanes = [0f64; 4];
+        // SAFETY: four f64 lanes into a four-element array.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi)) };
+        ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]), i)
     }
 
     /// f32 `y += a * x` over whole groups of 8 f16 inputs; returns the number of elements done.
@@ -716,6 +807,66 @@ mod tests {
         }
         assert_eq!(gelu_lut(t, -10.0), 0.0);
         assert_eq!(gelu_lut(t, 12.0), 12.0);
+    }
+
+    /// Every f16 rounding case (ties, subnormals, overflow, infinities, NaN) gives the scalar
+    /// conversion's bits, for lengths with and without a SIMD tail.
+    #[test]
+    fn f16_rows_match_the_scalar_conversion_bit_for_bit() {
+        let mut x: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            65504.0,
+            65520.0,
+            1e6,
+            -1e6,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            5.96e-8,
+            2.98e-8,
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            6.1e-5,
+            -3.0e-6,
+        ];
+        x.extend(crate::quantize::test_values(5, 40));
+        for len in [0, 3, 8, 17, x.len()] {
+            let src = &x[..len];
+            let mut got = vec![0u16; len];
+            f32_to_f16_row(src, &mut got);
+            let want: Vec<u16> = src.iter().map(|&v| f32_to_f16(v)).collect();
+            assert_eq!(got, want, "len {len}");
+            let mut r = src.to_vec();
+            round_f16_inplace(&mut r);
+            let want: Vec<u32> = src
+                .iter()
+                .map(|&v| crate::f16::round_f16(v).to_bits())
+                .collect();
+            assert_eq!(r.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+        }
+    }
+
+    /// The vector sum of squares agrees with ggml's sequential f64 sum to f32 resolution.
+    #[test]
+    fn rms_norm_matches_the_sequential_f64_sum() {
+        for (len, seed) in [(1, 1), (7, 2), (64, 3), (576, 4), (1000, 5)] {
+            let x = crate::quantize::test_values(seed, len);
+            let w = crate::quantize::test_values(seed + 10, len);
+            let mut got = vec![0.0; len];
+            rms_norm(&x, &w, 1e-5, &mut got);
+            let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+            let scale = 1.0 / ((sum / len as f64) as f32 + 1e-5).sqrt();
+            for ((g, &v), &wi) in got.iter().zip(&x).zip(&w) {
+                let want = (v * scale) * wi;
+                assert!(
+                    (g - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "len {len}: {g} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

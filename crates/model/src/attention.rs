@@ -14,7 +14,6 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use autoglm_kernels::f16::round_f16;
 use autoglm_kernels::{ThreadPool, attn, ops};
 
 use crate::{KvCache, SeqInput};
@@ -159,10 +158,10 @@ fn unit(
     s.q.clear();
     for t in u.t0..u.t1 {
         for h in u.h0..u.h1 {
-            let src = &q[t * qd + h * hd..][..hd];
-            s.q.extend(src.iter().map(|&x| round_f16(x)));
+            s.q.extend_from_slice(&q[t * qd + h * hd..][..hd]);
         }
     }
+    ops::round_f16_inplace(&mut s.q);
     let p_lo = lo(tok_pos[u.t0].0);
     let p_hi = tok_pos[u.t1 - 1].0;
     let npos = p_hi + 1 - p_lo;
@@ -209,7 +208,10 @@ mod tests {
     ) -> Vec<f32> {
         let hd = shape.head_dim;
         let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let q16: Vec<f32> = q.iter().map(|&x| round_f16(x)).collect();
+        let q16: Vec<f32> = q
+            .iter()
+            .map(|&x| autoglm_kernels::f16::round_f16(x))
+            .collect();
         let scores: Vec<f32> = (lo..=pos)
             .map(|p| {
                 let (k, _) = kv.read(0, table, p);

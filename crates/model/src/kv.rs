@@ -122,11 +122,7 @@ impl Plane {
     /// Stores `x` at element `at` (a row start, so Q8 blocks are aligned).
     fn write(&mut self, at: usize, x: &[f32]) {
         match self {
-            Plane::F16(h) => {
-                for (dst, &v) in h[at..at + x.len()].iter_mut().zip(x) {
-                    *dst = f32_to_f16(v);
-                }
-            }
+            Plane::F16(h) => ops::f32_to_f16_row(x, &mut h[at..at + x.len()]),
             Plane::Q8 { q, d } => {
                 // ggml's quantize_row_q8_0: the scale maps the block's largest magnitude to 127.
                 for (b, xs) in x.chunks_exact(Q8_BLOCK).enumerate() {
