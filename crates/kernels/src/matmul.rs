@@ -281,7 +281,8 @@ pub(crate) fn matmul_many_impl(
             buf.reserve(kind, n_pad, cols);
             quantize_acts(backend, pool, threads, kind, x, n, cols, buf);
             buf.zero_rows(kind, n, n_pad, cols);
-            if n >= AMX_MIN_ROWS {
+            // Only the AMX kernels read the transposed scales.
+            if n >= AMX_MIN_ROWS && allow_amx && crate::amx::available() {
                 buf.transpose_scales(kind, n_pad, cols);
             }
         }
