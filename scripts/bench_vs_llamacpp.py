@@ -96,6 +96,10 @@ def main():
             continue
         r, g = statistics.median(ref), statistics.median(got)
         print(f"{name:<14}{r:>12.1f}{g:>12.1f}{g / r:>7.2f}x")
+    # Every round's figures, for judging the noise behind the medians.
+    for name, (ref, got) in table:
+        pairs = ", ".join(f"{x or 0:.1f}/{y or 0:.1f}" for x, y in zip(ref, got))
+        print(f"  {name} by round (llama.cpp/autoglm): {pairs}")
 
 
 if __name__ == "__main__":
