@@ -27,7 +27,7 @@ fn main() {
     let q: Vec<f32> = (0..rows * hd).map(|i| (i as f32 * 0.01).sin()).collect();
     let mut scores = vec![0f32; rows * npos];
     let mut out = vec![0f32; rows * hd];
-    let units = slots / npos;
+    let units = (slots / npos.max(1)).max(1);
     // Each kernel alone, hot.
     let offs: Vec<usize> = (0..npos).map(|p| p * kv_dim).collect();
     let reps = 4000;
@@ -42,12 +42,14 @@ fn main() {
     }
     let b = t.elapsed().as_nanos() as f64 / (reps * npos) as f64;
     println!("hot, per position: scores {a:.2} ns, weighted_sum {b:.2} ns");
+    let mut offs = offs;
     for hot in [true, false] {
         let reps = 2000;
         let t = Instant::now();
         for u in 0..reps {
             let base = if hot { 0 } else { (u * 7919 % units) * npos };
-            let offs: Vec<usize> = (0..npos).map(|p| (base + p) * kv_dim).collect();
+            offs.clear();
+            offs.extend((0..npos).map(|p| (base + p) * kv_dim));
             attn::scores(&q, rows, hd, KvRows::F16(&plane), &offs, &mut scores);
             attn::weighted_sum(&scores, rows, hd, KvRows::F16(&plane), &offs, &mut out);
         }

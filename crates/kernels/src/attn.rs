@@ -279,21 +279,39 @@ mod x86 {
         offs: &[usize],
         out: &mut [f32],
     ) {
-        let (p, q8) = Plane::of(kv);
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            match Plane::of(kv) {
+                (p, false) => scores_rows::<false>(q, rows, hd, p, offs, out),
+                (p, true) => scores_rows::<true>(q, rows, hd, p, offs, out),
+            }
+        }
+    }
+
+    /// [`scores`] for one storage format, in passes of up to [`R`] query rows.
+    ///
+    /// # Safety
+    /// As for [`scores`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma,avx2")]
+    unsafe fn scores_rows<const Q8: bool>(
+        q: &[f32],
+        rows: usize,
+        hd: usize,
+        p: Plane,
+        offs: &[usize],
+        out: &mut [f32],
+    ) {
         let mut r0 = 0;
         while r0 < rows {
             let nr = R.min(rows - r0);
             // SAFETY: forwarded caller contract; r0 + nr <= rows.
             unsafe {
-                match (q8, nr) {
-                    (false, 1) => scores_pass::<false, 1>(q, r0, hd, p, offs, out),
-                    (false, 2) => scores_pass::<false, 2>(q, r0, hd, p, offs, out),
-                    (false, 3) => scores_pass::<false, 3>(q, r0, hd, p, offs, out),
-                    (false, _) => scores_pass::<false, 4>(q, r0, hd, p, offs, out),
-                    (true, 1) => scores_pass::<true, 1>(q, r0, hd, p, offs, out),
-                    (true, 2) => scores_pass::<true, 2>(q, r0, hd, p, offs, out),
-                    (true, 3) => scores_pass::<true, 3>(q, r0, hd, p, offs, out),
-                    (true, _) => scores_pass::<true, 4>(q, r0, hd, p, offs, out),
+                match nr {
+                    1 => scores_pass::<Q8, 1>(q, r0, hd, p, offs, out),
+                    2 => scores_pass::<Q8, 2>(q, r0, hd, p, offs, out),
+                    3 => scores_pass::<Q8, 3>(q, r0, hd, p, offs, out),
+                    _ => scores_pass::<Q8, 4>(q, r0, hd, p, offs, out),
                 }
             }
             r0 += nr;
@@ -373,26 +391,44 @@ mod x86 {
         offs: &[usize],
         out: &mut [f32],
     ) {
-        let (p, q8) = Plane::of(kv);
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            match Plane::of(kv) {
+                (p, false) => ws_rows::<false>(w, rows, hd, p, offs, out),
+                (p, true) => ws_rows::<true>(w, rows, hd, p, offs, out),
+            }
+        }
+    }
+
+    /// [`weighted_sum`] for one storage format, in passes of up to [`R`] rows and 64 output
+    /// values (4 registers a row).
+    ///
+    /// # Safety
+    /// As for [`weighted_sum`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma,avx2")]
+    unsafe fn ws_rows<const Q8: bool>(
+        w: &[f32],
+        rows: usize,
+        hd: usize,
+        p: Plane,
+        offs: &[usize],
+        out: &mut [f32],
+    ) {
         let mut r0 = 0;
         while r0 < rows {
             let nr = R.min(rows - r0);
             let mut c0 = 0;
             while c0 < hd / 16 {
-                // Up to 64 output values of up to 4 rows in registers per pass.
                 let nc = 4.min(hd / 16 - c0);
                 macro_rules! pass {
                     ($($nr:literal),*) => {
-                        match (q8, nr, nc) {
+                        match (nr, nc) {
                             $(
-                                (false, $nr, 1) => ws_pass::<false, $nr, 1>(w, r0, c0, hd, p, offs, out),
-                                (false, $nr, 2) => ws_pass::<false, $nr, 2>(w, r0, c0, hd, p, offs, out),
-                                (false, $nr, 3) => ws_pass::<false, $nr, 3>(w, r0, c0, hd, p, offs, out),
-                                (false, $nr, _) => ws_pass::<false, $nr, 4>(w, r0, c0, hd, p, offs, out),
-                                (true, $nr, 1) => ws_pass::<true, $nr, 1>(w, r0, c0, hd, p, offs, out),
-                                (true, $nr, 2) => ws_pass::<true, $nr, 2>(w, r0, c0, hd, p, offs, out),
-                                (true, $nr, 3) => ws_pass::<true, $nr, 3>(w, r0, c0, hd, p, offs, out),
-                                (true, $nr, _) => ws_pass::<true, $nr, 4>(w, r0, c0, hd, p, offs, out),
+                                ($nr, 1) => ws_pass::<Q8, $nr, 1>(w, r0, c0, hd, p, offs, out),
+                                ($nr, 2) => ws_pass::<Q8, $nr, 2>(w, r0, c0, hd, p, offs, out),
+                                ($nr, 3) => ws_pass::<Q8, $nr, 3>(w, r0, c0, hd, p, offs, out),
+                                ($nr, _) => ws_pass::<Q8, $nr, 4>(w, r0, c0, hd, p, offs, out),
                             )*
                             _ => unreachable!("1 to {R} rows a pass"),
                         }

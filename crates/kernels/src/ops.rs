@@ -357,7 +357,7 @@ pub fn round_f16_inplace(x: &mut [f32]) {
         i = unsafe { avx2::round_f16_inplace(x) };
     }
     for v in &mut x[i..] {
-        *v = f16_to_f32(f32_to_f16(*v));
+        *v = crate::f16::round_f16(*v);
     }
 }
 

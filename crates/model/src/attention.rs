@@ -195,6 +195,7 @@ fn unit(
 mod tests {
     use super::*;
     use crate::{KvDtype, KvLayout, LogitsWanted};
+    use autoglm_kernels::f16::round_f16;
     use autoglm_kernels::quantize::test_values as values;
 
     /// Straightforward attention for one (token, head) over positions [lo, pos].
@@ -208,10 +209,7 @@ mod tests {
     ) -> Vec<f32> {
         let hd = shape.head_dim;
         let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let q16: Vec<f32> = q
-            .iter()
-            .map(|&x| autoglm_kernels::f16::round_f16(x))
-            .collect();
+        let q16: Vec<f32> = q.iter().map(|&x| round_f16(x)).collect();
         let scores: Vec<f32> = (lo..=pos)
             .map(|p| {
                 let (k, _) = kv.read(0, table, p);
