@@ -160,6 +160,40 @@ pub fn weighted_sum_with(
     }
 }
 
+/// Asks the CPU to start loading the listed cache rows (`hd` elements each) into cache, so that
+/// a later [`scores`] or [`weighted_sum`] over them finds them there instead of waiting on
+/// memory one row at a time. A hint only: out-of-range rows are skipped, nothing is read.
+pub fn prefetch(kv: KvRows, offs: &[usize], hd: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let len = kv.len();
+        // Every 64-byte line the row touches (a row need not start on a line).
+        let lines = |base: *const u8, bytes: usize| {
+            let first = base as usize & !63;
+            let last = (base as usize + bytes - 1) & !63;
+            for a in (first..=last).step_by(64) {
+                // SAFETY: a prefetch never faults and reads nothing.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(a as *const i8) };
+            }
+        };
+        for &o in offs {
+            if hd == 0 || o.checked_add(hd).is_none_or(|end| end > len) {
+                continue;
+            }
+            match kv {
+                KvRows::F16(h) => lines(h[o..].as_ptr() as *const u8, 2 * hd),
+                KvRows::Q8 { q, d } => {
+                    lines(q[o..].as_ptr() as *const u8, hd);
+                    lines(d[o / Q8_BLOCK..].as_ptr() as *const u8, 2 * hd / Q8_BLOCK);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (kv, offs, hd);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -496,6 +530,19 @@ mod tests {
         let q = v.iter().map(|&x| (x * 127.0).round() as i8).collect();
         let d = vec![f32_to_f16(1.0 / 127.0); n / Q8_BLOCK];
         (h, q, d)
+    }
+
+    /// A prefetch is only a hint: rows past the plane, an empty list or an empty row are
+    /// skipped, and the rows themselves are left as they were.
+    #[test]
+    fn prefetch_skips_what_is_not_there() {
+        let (h, q, d) = planes(3, 256);
+        let before = (h.clone(), q.clone());
+        prefetch(KvRows::F16(&h), &[0, 64, 192, 250, usize::MAX - 8], 64);
+        prefetch(KvRows::Q8 { q: &q, d: &d }, &[0, 224, 256], 32);
+        prefetch(KvRows::F16(&h), &[], 64);
+        prefetch(KvRows::F16(&h), &[5], 0);
+        assert_eq!((h, q), before);
     }
 
     /// Every SIMD result against the portable loops, over shapes that exercise the tails

@@ -49,6 +49,8 @@ pub(crate) struct Scratch {
     q: Vec<f32>,
     /// Cache element offset of each position's K/V row for the unit's KV head.
     offs: Vec<usize>,
+    /// The same for the thread's next unit.
+    next_offs: Vec<usize>,
     scores: Vec<f32>,
     out: Vec<f32>,
     /// Where each finished output row goes in the attention output.
@@ -119,8 +121,26 @@ pub(crate) fn run(
         let s = &mut *guard;
         s.rows.clear();
         s.dest.clear();
-        while let Some(u) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
-            unit(kv, layer, batch, tok_pos, q, u, shape, s);
+        // One unit of lookahead: while a unit computes, the next one's K rows are on their
+        // way from memory (and its own V rows while its scores run), instead of each row
+        // being waited for when a kernel reaches it.
+        let (kc, vc) = kv.layer(layer);
+        let claim = || units.get(next.fetch_add(1, Ordering::Relaxed));
+        let mut cur = claim();
+        if let Some(u) = cur {
+            offsets(kv, batch, tok_pos, u, shape, &mut s.offs);
+            attn::prefetch(kc.rows(), &s.offs, shape.head_dim);
+        }
+        while let Some(u) = cur {
+            let nxt = claim();
+            match nxt {
+                Some(n) => offsets(kv, batch, tok_pos, n, shape, &mut s.next_offs),
+                None => s.next_offs.clear(),
+            }
+            attn::prefetch(vc.rows(), &s.offs, shape.head_dim);
+            unit(kv, layer, tok_pos, q, u, shape, s);
+            std::mem::swap(&mut s.offs, &mut s.next_offs);
+            cur = nxt;
         }
     });
     let hd = shape.head_dim;
@@ -133,11 +153,32 @@ pub(crate) fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The cache offsets of unit `u`'s rows (positions from the first token's window start to the
+/// last token), into `offs`.
+fn offsets(
+    kv: &KvCache,
+    batch: &[SeqInput],
+    tok_pos: &[(usize, usize)],
+    u: &Unit,
+    shape: Shape,
+    offs: &mut Vec<usize>,
+) {
+    let hd = shape.head_dim;
+    let g = u.h0 / (shape.n_head / shape.n_head_kv);
+    let table = batch[u.seq].block_table;
+    let p_lo = shape
+        .window
+        .map_or(0, |w| (tok_pos[u.t0].0 + 1).saturating_sub(w));
+    let p_hi = tok_pos[u.t1 - 1].0;
+    offs.clear();
+    offs.extend((p_lo..=p_hi).map(|p| kv.slot(table, p) + g * hd));
+}
+
+/// Attention for unit `u`, whose row offsets are already in `s.offs`; once its scores are
+/// done, it starts loading the K rows of the thread's next unit (`s.next_offs`).
 fn unit(
     kv: &KvCache,
     layer: usize,
-    batch: &[SeqInput],
     tok_pos: &[(usize, usize)],
     q: &[f32],
     u: &Unit,
@@ -146,10 +187,7 @@ fn unit(
 ) {
     let hd = shape.head_dim;
     let qd = shape.n_head * hd;
-    let group = shape.n_head / shape.n_head_kv;
-    let g = u.h0 / group;
     let nh = u.h1 - u.h0;
-    let table = batch[u.seq].block_table;
     let (kc, vc) = kv.layer(layer);
     let lo = |pos: usize| shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
 
@@ -163,16 +201,13 @@ fn unit(
     }
     ops::round_f16_inplace(&mut s.q);
     let p_lo = lo(tok_pos[u.t0].0);
-    let p_hi = tok_pos[u.t1 - 1].0;
-    let npos = p_hi + 1 - p_lo;
-    s.offs.clear();
-    s.offs
-        .extend((p_lo..=p_hi).map(|p| kv.slot(table, p) + g * hd));
+    let npos = s.offs.len();
 
     // Every row against every position of the unit; a row then keeps only what it sees
     // (its causal and window range, contiguous), the rest weighing 0.
     s.scores.resize(n_rows * npos, 0.0);
     attn::scores(&s.q, n_rows, hd, kc.rows(), &s.offs, &mut s.scores);
+    attn::prefetch(kc.rows(), &s.next_offs, hd);
     for (i, &(pos, _)) in tok_pos[u.t0..u.t1].iter().enumerate() {
         let (a, b) = (lo(pos) - p_lo, pos + 1 - p_lo);
         for row in s.scores[i * nh * npos..(i + 1) * nh * npos].chunks_exact_mut(npos) {
