@@ -171,7 +171,10 @@ fn offsets(
         .map_or(0, |w| (tok_pos[u.t0].0 + 1).saturating_sub(w));
     let p_hi = tok_pos[u.t1 - 1].0;
     offs.clear();
-    offs.extend((p_lo..=p_hi).map(|p| kv.slot(table, p) + g * hd));
+    kv.slots_into(table, p_lo, p_hi + 1, offs);
+    for o in offs.iter_mut() {
+        *o += g * hd;
+    }
 }
 
 /// Attention for unit `u`, whose row offsets are already in `s.offs`; once its scores are

@@ -240,6 +240,21 @@ impl KvCache {
         (table[pos / bs] as usize * bs + pos % bs) * self.layout.kv_dim
     }
 
+    /// [`KvCache::slot`] of every position in `lo..hi`, in order, appended to `out`: one table
+    /// lookup per block rather than a division per position (this runs for every attention
+    /// unit of every layer).
+    pub(crate) fn slots_into(&self, table: &[u32], lo: usize, hi: usize, out: &mut Vec<usize>) {
+        let (bs, d) = (self.layout.block_size, self.layout.kv_dim);
+        let mut pos = lo;
+        while pos < hi {
+            let (b, within) = (pos / bs, pos % bs);
+            let run = (bs - within).min(hi - pos);
+            let first = (table[b] as usize * bs + within) * d;
+            out.extend((0..run).map(|i| first + i * d));
+            pos += run;
+        }
+    }
+
     /// Checks that a block table can hold `n_positions` and names only existing blocks.
     pub(crate) fn check_table(&self, table: &[u32], n_positions: usize) -> Result<(), ModelError> {
         let need = n_positions.div_ceil(self.layout.block_size);
@@ -319,6 +334,35 @@ mod tests {
         (0..64)
             .map(|i| ((i * 7 + seed * 13) % 23) as f32 * 0.37 - 4.0)
             .collect()
+    }
+
+    /// The block-wise offsets equal the per-position ones, for ranges that start and end
+    /// inside blocks, span one block, or are empty.
+    #[test]
+    fn slots_into_equals_slot_for_every_position() {
+        let kv = KvCache::new(KvLayout {
+            n_blocks: 8,
+            ..layout(KvDtype::F16)
+        })
+        .unwrap();
+        let table = [5u32, 0, 7, 2, 6];
+        for (lo, hi) in [
+            (0, 20),
+            (3, 17),
+            (4, 8),
+            (5, 6),
+            (9, 9),
+            (1, 2),
+            (0, 1),
+            (19, 20),
+        ] {
+            let mut got = vec![usize::MAX];
+            kv.slots_into(&table, lo, hi, &mut got);
+            let want: Vec<usize> = std::iter::once(usize::MAX)
+                .chain((lo..hi).map(|p| kv.slot(&table, p)))
+                .collect();
+            assert_eq!(got, want, "{lo}..{hi}");
+        }
     }
 
     #[test]
