@@ -532,8 +532,9 @@ mod tests {
         (h, q, d)
     }
 
-    /// A prefetch is only a hint: rows past the plane, an empty list or an empty row are
-    /// skipped, and the rows themselves are left as they were.
+    /// A prefetch is only a hint: rows past the plane (including an offset whose end
+    /// overflows), an empty list or an empty row are skipped rather than indexed, which would
+    /// panic; the rows themselves are left as they were.
     #[test]
     fn prefetch_skips_what_is_not_there() {
         let (h, q, d) = planes(3, 256);

@@ -32,6 +32,13 @@ pub(crate) struct Shape {
     pub window: Option<usize>,
 }
 
+impl Shape {
+    /// The first position a token at `pos` attends to: its window's start, or 0.
+    fn first_visible(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Unit {
     seq: usize,
@@ -166,9 +173,7 @@ fn offsets(
     let hd = shape.head_dim;
     let g = u.h0 / (shape.n_head / shape.n_head_kv);
     let table = batch[u.seq].block_table;
-    let p_lo = shape
-        .window
-        .map_or(0, |w| (tok_pos[u.t0].0 + 1).saturating_sub(w));
+    let p_lo = shape.first_visible(tok_pos[u.t0].0);
     let p_hi = tok_pos[u.t1 - 1].0;
     offs.clear();
     kv.slots_into(table, p_lo, p_hi + 1, offs);
@@ -192,7 +197,6 @@ fn unit(
     let qd = shape.n_head * hd;
     let nh = u.h1 - u.h0;
     let (kc, vc) = kv.layer(layer);
-    let lo = |pos: usize| shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
 
     // Query rows: row (t - t0) * nh + (h - h0), rounded through f16.
     let n_rows = (u.t1 - u.t0) * nh;
@@ -203,7 +207,7 @@ fn unit(
         }
     }
     ops::round_f16_inplace(&mut s.q);
-    let p_lo = lo(tok_pos[u.t0].0);
+    let p_lo = shape.first_visible(tok_pos[u.t0].0);
     let npos = s.offs.len();
 
     // Every row against every position of the unit; a row then keeps only what it sees
@@ -212,7 +216,7 @@ fn unit(
     attn::scores(&s.q, n_rows, hd, kc.rows(), &s.offs, &mut s.scores);
     attn::prefetch(kc.rows(), &s.next_offs, hd);
     for (i, &(pos, _)) in tok_pos[u.t0..u.t1].iter().enumerate() {
-        let (a, b) = (lo(pos) - p_lo, pos + 1 - p_lo);
+        let (a, b) = (shape.first_visible(pos) - p_lo, pos + 1 - p_lo);
         for row in s.scores[i * nh * npos..(i + 1) * nh * npos].chunks_exact_mut(npos) {
             row[..a].fill(0.0);
             row[b..].fill(0.0);
@@ -246,7 +250,7 @@ mod tests {
         shape: Shape,
     ) -> Vec<f32> {
         let hd = shape.head_dim;
-        let lo = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let lo = shape.first_visible(pos);
         let q16: Vec<f32> = q.iter().map(|&x| round_f16(x)).collect();
         let scores: Vec<f32> = (lo..=pos)
             .map(|p| {
